@@ -1,0 +1,119 @@
+"""Admin commands: `pulsewire orgs|owners|devices|users add|list`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from pulsewire import registry
+from pulsewire.db import connect
+from pulsewire.settings import Settings
+
+
+def add_commands(sub: Any) -> None:
+    """Register the registry commands on the top-level subparsers."""
+    orgs = _group(sub, "orgs", "organisations: providers (clinic, garage) and vendors")
+    add = _action(orgs, "add", _orgs_add, "create an org")
+    add.add_argument("name")
+    add.add_argument("--kind", required=True, choices=registry.ORG_KINDS)
+
+    owners = _group(sub, "owners", "device owners (patients, car owners)")
+    add = _action(owners, "add", _owners_add, "register an owner in a provider's care")
+    add.add_argument("full_name")
+    add.add_argument("--provider", type=int, required=True, help="provider org id")
+    add.add_argument("--email")
+
+    devices = _group(sub, "devices", "devices and their MQTT credentials")
+    add = _action(devices, "add", _devices_add, "register a device; prints its MQTT credentials once")
+    add.add_argument("device_id")
+    add.add_argument("--kind", required=True, choices=registry.DEVICE_KINDS)
+    add.add_argument("--model", required=True)
+    add.add_argument("--provider", type=int, required=True, help="provider org id")
+    add.add_argument("--vendor", type=int, required=True, help="vendor org id")
+    add.add_argument("--owner", type=int, help="owner id")
+    add.add_argument("--serial")
+    add.add_argument("--firmware", default="")
+
+    users = _group(sub, "users", "people and their API tokens")
+    add = _action(users, "add", _users_add, "create a user; prints an API token once")
+    add.add_argument("email")
+    add.add_argument("--role", required=True, choices=registry.ROLES)
+    add.add_argument("--org", type=int, help="org id (provider or vendor staff)")
+    add.add_argument("--owner", type=int, help="owner id (role owner)")
+    add.add_argument("--name", help="display name")
+    add.add_argument("--password", help="enables web login")
+
+
+def _group(sub: Any, name: str, help_text: str) -> Any:
+    parser = sub.add_parser(name, help=help_text)
+    actions = parser.add_subparsers(title="actions", metavar="ACTION")
+    listing = actions.add_parser("list", help=f"list {name}")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=_lister(name))
+    return actions
+
+
+def _action(actions: Any, name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _lister(table: str) -> Any:
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        with connect(settings.require_database_url(), autocommit=True) as conn:
+            rows = registry.list_rows(conn, table)
+        if args.json:
+            print(json.dumps(rows, default=str))
+        else:
+            for row in rows:
+                print("  ".join(f"{k}={v}" for k, v in row.items()))
+        return 0
+
+    return run
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> int:
+    print(json.dumps(data) if args.json else text)
+    return 0
+
+
+def _orgs_add(settings: Settings, args: argparse.Namespace) -> int:
+    with connect(settings.require_database_url(), autocommit=True) as conn:
+        org_id = registry.add_org(conn, args.name, args.kind)
+    return _emit(args, {"org_id": org_id}, f"created {args.kind} org {args.name!r} with id {org_id}")
+
+
+def _owners_add(settings: Settings, args: argparse.Namespace) -> int:
+    with connect(settings.require_database_url(), autocommit=True) as conn:
+        owner_id = registry.add_owner(conn, args.provider, args.full_name, email=args.email)
+    return _emit(args, {"owner_id": owner_id}, f"created owner {args.full_name!r} with id {owner_id}")
+
+
+def _devices_add(settings: Settings, args: argparse.Namespace) -> int:
+    with connect(settings.require_database_url(), autocommit=True) as conn:
+        creds = registry.add_device(
+            conn, args.device_id, kind=args.kind, model=args.model, provider_org_id=args.provider,
+            vendor_org_id=args.vendor, owner_id=args.owner, serial=args.serial, firmware=args.firmware,
+        )
+        synced = registry.sync_broker_auth(conn, settings.state_dir)
+    data = {"device_id": creds.device_id, "mqtt_username": creds.mqtt_username,
+            "mqtt_password": creds.mqtt_password, "broker_updated": synced}
+    text = (f"device {creds.device_id} registered; MQTT credentials (shown once):\n"
+            f"  username: {creds.mqtt_username}\n  password: {creds.mqtt_password}")
+    if not synced:
+        text += "\n  (no local stack running: provision these on your broker)"
+    return _emit(args, data, text)
+
+
+def _users_add(settings: Settings, args: argparse.Namespace) -> int:
+    with connect(settings.require_database_url(), autocommit=True) as conn:
+        user_id = registry.add_user(
+            conn, args.email, role=args.role, display_name=args.name, org_id=args.org,
+            owner_id=args.owner, password=args.password,
+        )
+        token = registry.issue_token(conn, user_id, "cli")
+    return _emit(args, {"user_id": user_id, "token": token},
+                 f"user {args.email} created with id {user_id}; API token (shown once):\n  {token}")

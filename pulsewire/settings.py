@@ -1,0 +1,98 @@
+"""One settings object, built once in each entry point and passed down."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pulsewire.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Runtime settings, read from `PULSEWIRE_*` environment variables.
+
+    `database_url` and `mqtt_url` default to the local stack's (see `pulsewire stack up`),
+    read from `<state_dir>/stack.json` when they are not set.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PULSEWIRE_", extra="ignore")
+
+    database_url: str | None = None
+    mqtt_url: str | None = None
+    state_dir: Path = Path(".pulsewire")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    # ingest
+    batch_max_rows: int = Field(default=20_000, ge=1)
+    flush_interval_ms: int = Field(default=50, ge=1)
+    queue_max_messages: int = Field(default=50_000, ge=100)
+    max_future_skew_s: int = Field(default=300, ge=0)
+    # retention (days) of raw readings and events
+    retention_days: int = Field(default=400, ge=1)
+    # relay
+    smtp_url: str | None = None
+    smtp_from: str = "pulsewire@localhost"
+    escalate_after_s: int = Field(default=900, ge=1)
+    # web
+    session_secret: str | None = None
+    secure_cookies: bool = False
+
+    def require_database_url(self) -> str:
+        """The database URL, from the environment or the local stack."""
+        url = self.database_url or self._stack_value("database_url")
+        if not url:
+            raise ConfigError(
+                "no database: set PULSEWIRE_DATABASE_URL or run `pulsewire stack up` first"
+            )
+        return url
+
+    def require_mqtt_url(self) -> str:
+        """The MQTT URL, from the environment or the local stack."""
+        url = self.mqtt_url or self._stack_value("mqtt_url")
+        if not url:
+            raise ConfigError("no broker: set PULSEWIRE_MQTT_URL or run `pulsewire stack up` first")
+        return url
+
+    def mqtt(self) -> MqttTarget:
+        """The broker address and service credentials, parsed."""
+        return MqttTarget.parse(self.require_mqtt_url())
+
+    def _stack_value(self, key: str) -> str | None:
+        path = self.state_dir / "stack.json"
+        try:
+            value = json.loads(path.read_text()).get(key)
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    """Where the broker is and who we are on it, from `mqtt://user:pass@host:port`."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> MqttTarget:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ConfigError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
+        if not parts.hostname:
+            raise ConfigError(f"MQTT URL has no host: {url!r}")
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+        )

@@ -1,0 +1,105 @@
+"""The metric catalogue: every metric a device kind may report, its unit and its possible range.
+
+Ranges are what the sensor can physically report (`domain.md`), not what is normal:
+a reading outside them is an error in transit or in the device, and is quarantined.
+Clinical metrics are never shown to a device's vendor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class DeviceKind(StrEnum):
+    IMPLANT = "implant"
+    VEHICLE = "vehicle"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One catalogue entry."""
+
+    name: str
+    unit: str
+    low: float
+    high: float
+    clinical: bool = False
+    description: str = ""
+
+    def admits(self, value: float) -> bool:
+        """Whether `value` is physically possible for this metric."""
+        return self.low <= value <= self.high
+
+
+def _m(name: str, unit: str, low: float, high: float, description: str, *, clinical: bool = False) -> Metric:
+    return Metric(name, unit, low, high, clinical, description)
+
+
+_IMPLANT = [
+    _m("heart_rate_bpm", "bpm", 20, 300, "heart rate", clinical=True),
+    _m("battery_voltage_v", "V", 0, 4, "battery voltage"),
+    _m("battery_longevity_months", "months", 0, 240, "remaining battery longevity"),
+    _m("charge_time_s", "s", 0, 60, "ICD capacitor charge time"),
+    _m("lead_impedance_ra_ohm", "ohm", 0, 10_000, "right atrial lead impedance"),
+    _m("lead_impedance_rv_ohm", "ohm", 0, 10_000, "right ventricular lead impedance"),
+    _m("lead_impedance_lv_ohm", "ohm", 0, 10_000, "left ventricular lead impedance"),
+    _m("hv_impedance_ohm", "ohm", 0, 200, "high-voltage (shock) lead impedance"),
+    _m("r_wave_mv", "mV", 0, 30, "R-wave sensing amplitude"),
+    _m("p_wave_mv", "mV", 0, 30, "P-wave sensing amplitude"),
+    _m("capture_threshold_rv_v", "V", 0, 10, "RV pacing capture threshold"),
+    _m("paced_pct_ra", "%", 0, 100, "atrial pacing percentage", clinical=True),
+    _m("paced_pct_rv", "%", 0, 100, "ventricular pacing percentage", clinical=True),
+    _m("biv_paced_pct", "%", 0, 100, "biventricular pacing percentage", clinical=True),
+    _m("af_burden_pct", "%", 0, 100, "share of the day in atrial fibrillation", clinical=True),
+]
+
+_VEHICLE = [
+    _m("rpm", "rpm", 0, 16_383.75, "engine speed"),
+    _m("speed_kmh", "km/h", 0, 255, "vehicle speed"),
+    _m("coolant_temp_c", "degC", -40, 215, "engine coolant temperature"),
+    _m("intake_temp_c", "degC", -40, 215, "intake air temperature"),
+    _m("engine_load_pct", "%", 0, 100, "calculated engine load"),
+    _m("throttle_pct", "%", 0, 100, "throttle position"),
+    _m("maf_gs", "g/s", 0, 655.35, "mass air flow"),
+    _m("short_fuel_trim_pct", "%", -100, 99.2, "short-term fuel trim, bank 1"),
+    _m("long_fuel_trim_pct", "%", -100, 99.2, "long-term fuel trim, bank 1"),
+    _m("fuel_level_pct", "%", 0, 100, "fuel tank level"),
+    _m("module_voltage_v", "V", 0, 65.535, "control module voltage"),
+    _m("battery_voltage_v", "V", 0, 30, "battery voltage at the adapter"),
+    _m("oil_temp_c", "degC", -40, 215, "engine oil temperature"),
+    # Location identifies the driver: treated like clinical data, never shown to a vendor.
+    _m("odometer_km", "km", 0, 2_000_000, "odometer"),
+    _m("lat", "deg", -90, 90, "latitude", clinical=True),
+    _m("lon", "deg", -180, 180, "longitude", clinical=True),
+]
+
+CATALOGUE: dict[DeviceKind, dict[str, Metric]] = {
+    DeviceKind.IMPLANT: {m.name: m for m in _IMPLANT},
+    DeviceKind.VEHICLE: {m.name: m for m in _VEHICLE},
+}
+
+IMPLANT_EVENTS = frozenset(
+    {"af_episode", "vt_episode", "vf_episode", "shock_delivered", "atp_delivered",
+     "battery_status", "device_reset", "transmission", "integrity_fault"}
+)
+VEHICLE_EVENTS = frozenset(
+    {"dtc_set", "dtc_cleared", "mil_on", "mil_off", "ignition_on", "ignition_off",
+     "dongle_unplugged", "dongle_plugged", "heartbeat"}
+)
+EVENT_TYPES: dict[DeviceKind, frozenset[str]] = {
+    DeviceKind.IMPLANT: IMPLANT_EVENTS,
+    DeviceKind.VEHICLE: VEHICLE_EVENTS,
+}
+# Events that describe the patient, not the device: never shown to a vendor.
+CLINICAL_EVENTS = frozenset({"af_episode", "vt_episode", "vf_episode", "shock_delivered", "atp_delivered"})
+
+
+def metric_for(kind: DeviceKind | str, name: str) -> Metric | None:
+    """The catalogue entry for `name` on devices of `kind`, or None when it is unknown."""
+    return CATALOGUE[DeviceKind(kind)].get(name)
+
+
+def is_clinical_metric(name: str) -> bool:
+    """Whether a metric of that name is clinical (or identifying) on any device kind."""
+    return any(m.clinical for kind in CATALOGUE.values() if (m := kind.get(name)) is not None)
