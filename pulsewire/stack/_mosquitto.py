@@ -138,7 +138,7 @@ class Mosquitto:
             f"password_file {self.password_file}",
             f"acl_file {self.acl_file}",
             "persistence true",
-            f"persistence_location {self.root / 'data'}/",
+            f"persistence_location {self.root / 'data'}",
             # Save sessions every minute too, not only on a clean shutdown.
             "autosave_interval 60",
             "persistent_client_expiration 14d",
@@ -151,7 +151,11 @@ class Mosquitto:
             "max_packet_size 2097152",
             "max_inflight_messages 200",
             "log_dest stderr",
-            "log_type error warning notice information",
+            # One type per line: Mosquitto ignores all but the first word of a log_type line.
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
             f"pid_file {self.pid_file}",
         ]

@@ -1,0 +1,167 @@
+"""Who is calling: bearer tokens for the API, signed session cookies and CSRF tokens for the web.
+
+Tokens and session ids are long random strings; only their SHA-256 is stored. The session cookie
+carries `<session id>.<HMAC>` so a forged or truncated cookie is refused before any query runs.
+The CSRF token of a form is derived from the session id (HMAC), so it needs no storage.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from dashboards.queries import AConn
+from pulsewire.registry import hash_token, verify_user_password
+
+SESSION_COOKIE = "pw_session"
+SESSION_TTL = timedelta(hours=12)
+
+_PRINCIPAL_COLUMNS = """u.user_id, u.role, u.org_id, o.kind AS org_kind, u.owner_id, u.display_name"""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: a user with a role, maybe in an org, maybe an owner."""
+
+    user_id: int
+    role: str
+    org_id: int | None
+    org_kind: str | None
+    owner_id: int | None
+    display_name: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Principal:
+        return cls(
+            user_id=int(row["user_id"]), role=str(row["role"]),
+            org_id=None if row["org_id"] is None else int(row["org_id"]),
+            org_kind=None if row["org_kind"] is None else str(row["org_kind"]),
+            owner_id=None if row["owner_id"] is None else int(row["owner_id"]),
+            display_name=str(row["display_name"]),
+        )
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How web sessions are signed and what their cookie looks like."""
+
+    secret: bytes
+    secure_cookies: bool = False
+    ttl: timedelta = SESSION_TTL
+
+    @classmethod
+    def create(cls, secret: str | None, secure_cookies: bool) -> SessionConfig:
+        # Without a configured secret, sessions last as long as this process (and one instance).
+        key = secret.encode() if secret else secrets.token_bytes(32)
+        return cls(secret=key, secure_cookies=secure_cookies)
+
+
+async def principal_from_token(conn: AConn, token: str) -> Principal | None:
+    """The user behind an API token, or None when unknown, revoked or disabled."""
+    cur = await conn.execute(
+        f"""UPDATE api_tokens t SET last_used_at = now()
+            FROM users u LEFT JOIN orgs o ON o.org_id = u.org_id
+            WHERE t.token_hash = %s AND t.revoked_at IS NULL AND u.user_id = t.user_id
+              AND NOT u.disabled
+            RETURNING {_PRINCIPAL_COLUMNS}""",
+        (hash_token(token),),
+    )
+    row = await cur.fetchone()
+    return Principal.from_row(row) if row else None
+
+
+async def principal_from_login(conn: AConn, email: str, password: str) -> Principal | None:
+    """The user with this e-mail and password, or None (same answer for unknown e-mail)."""
+    cur = await conn.execute(
+        f"""SELECT {_PRINCIPAL_COLUMNS}, u.password_hash FROM users u
+            LEFT JOIN orgs o ON o.org_id = u.org_id WHERE u.email = %s AND NOT u.disabled""",
+        (email.strip().lower(),),
+    )
+    row = await cur.fetchone()
+    stored = str(row["password_hash"]) if row and row["password_hash"] else None
+    # argon2 takes tens of milliseconds: keep it off the event loop.
+    ok = await run_in_threadpool(verify_user_password, stored, password)
+    return Principal.from_row(row) if ok and row else None
+
+
+async def create_session(conn: AConn, config: SessionConfig, user_id: int) -> str:
+    """Start a web session; returns the signed cookie value."""
+    session_id = secrets.token_urlsafe(32)
+    await conn.execute(
+        "INSERT INTO web_sessions (session_hash, user_id, expires_at) VALUES (%s, %s, now() + %s)",
+        (hash_token(session_id), user_id, config.ttl),
+    )
+    return f"{session_id}.{_sign(config, session_id)}"
+
+
+async def principal_from_session(conn: AConn, config: SessionConfig, cookie: str) -> Principal | None:
+    """The user of a live session cookie, or None when forged, expired or ended."""
+    session_id = _verified_session_id(config, cookie)
+    if session_id is None:
+        return None
+    cur = await conn.execute(
+        f"""SELECT {_PRINCIPAL_COLUMNS} FROM web_sessions s JOIN users u ON u.user_id = s.user_id
+            LEFT JOIN orgs o ON o.org_id = u.org_id
+            WHERE s.session_hash = %s AND s.expires_at > now() AND NOT u.disabled""",
+        (hash_token(session_id),),
+    )
+    row = await cur.fetchone()
+    return Principal.from_row(row) if row else None
+
+
+async def end_session(conn: AConn, config: SessionConfig, cookie: str) -> None:
+    """Log out: the session id stops working even if the cookie is kept."""
+    session_id = _verified_session_id(config, cookie)
+    if session_id is not None:
+        await conn.execute("DELETE FROM web_sessions WHERE session_hash = %s", (hash_token(session_id),))
+
+
+def set_session_cookie(response: Response, config: SessionConfig, cookie: str) -> None:
+    """Attach the session cookie: HttpOnly, SameSite=Lax, Secure when configured."""
+    response.set_cookie(
+        SESSION_COOKIE, cookie, max_age=int(config.ttl.total_seconds()), httponly=True,
+        samesite="lax", secure=config.secure_cookies, path="/",
+    )
+
+
+def clear_session_cookie(response: Response, config: SessionConfig) -> None:
+    """Remove the session cookie from the browser."""
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax",
+                           secure=config.secure_cookies)
+
+
+def csrf_token(config: SessionConfig, cookie: str) -> str:
+    """The CSRF token to embed in forms of this session."""
+    session_id = _verified_session_id(config, cookie) or ""
+    return _sign(config, "csrf:" + session_id)
+
+
+def csrf_valid(config: SessionConfig, cookie: str | None, token: str | None) -> bool:
+    """Whether a submitted form's CSRF token belongs to this session."""
+    if not cookie or not token or _verified_session_id(config, cookie) is None:
+        return False
+    return hmac.compare_digest(csrf_token(config, cookie), token)
+
+
+def _sign(config: SessionConfig, value: str) -> str:
+    mac = hmac.new(config.secret, value.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def _verified_session_id(config: SessionConfig, cookie: str) -> str | None:
+    session_id, _, signature = cookie.rpartition(".")
+    if not session_id or not hmac.compare_digest(_sign(config, session_id), signature):
+        return None
+    return session_id

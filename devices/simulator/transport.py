@@ -1,0 +1,284 @@
+"""One MQTT 5 connection per simulated device, all driven by one asyncio event loop.
+
+paho does the protocol; we drive its sockets from the loop (`add_reader`/`add_writer`) the way
+aiomqtt does, instead of one network thread per client, so thousands of devices share one
+process. Acknowledgements only bump counters and wake a waiting publisher: no future per message,
+which is what keeps the publish rate high. paho types stay in this module; its errors leave it
+as `BrokerError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from pulsewire.errors import BrokerError
+
+MISC_INTERVAL_S = 1.0
+RECONNECT_MIN_S = 0.05
+RECONNECT_MAX_S = 5.0
+SESSION_EXPIRY_S = 300
+
+
+@dataclass
+class Counters:
+    """Fleet-wide tallies, shared by every link; plain ints because one loop owns them."""
+
+    connected: int = 0
+    published: int = 0
+    acknowledged: int = 0
+    errors: int = 0
+    reconnects: int = 0
+    commands: int = 0
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message delivered to a device: a command, with its MQTT 5 reply addressing."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None
+    correlation_data: bytes | None
+
+
+@dataclass
+class LinkConfig:
+    """Where and who: one device's login."""
+
+    host: str
+    port: int
+    username: str
+    password: str
+    client_id: str
+    will_topic: str | None = None
+    will_payload: bytes = b""
+    subscribe: list[str] = field(default_factory=list)
+    max_inflight: int = 100
+    keepalive_s: int = 60
+
+
+class MqttLink:
+    """A device's MQTT connection: publish with bounded in-flight QoS 1, receive commands."""
+
+    def __init__(
+        self, config: LinkConfig, counters: Counters, on_message: Callable[[Incoming], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.counters = counters
+        self._on_message = on_message
+        self._loop = asyncio.get_running_loop()
+        self._inflight = 0
+        self._drained = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._first_connect: asyncio.Future[None] = self._loop.create_future()
+        self._closing = False
+        self._backoff_s = RECONNECT_MIN_S
+        self._misc: asyncio.TimerHandle | None = None
+        self._fd: int | None = None
+        self._client = self._build_client()
+
+    def _build_client(self) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5)
+        client.username_pw_set(cfg.username, cfg.password)
+        # The in-flight bound is ours (publish waits); paho's own queue then never grows past it.
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.max_queued_messages_set(cfg.max_inflight * 2)
+        if cfg.will_topic:
+            client.will_set(cfg.will_topic, cfg.will_payload, qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_paho_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        return client
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker has accepted us and the link is up."""
+        return self._connected.is_set()
+
+    @property
+    def inflight(self) -> int:
+        """QoS 1 messages sent and not yet acknowledged."""
+        return self._inflight
+
+    async def connect(self, timeout_s: float = 10.0) -> None:
+        """Connect (clean start the first time only) and wait for the broker's CONNACK."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        try:
+            self._client.connect(self.config.host, self.config.port, self.config.keepalive_s,
+                                 clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props)
+        except OSError as exc:
+            raise BrokerError(f"cannot reach the broker at {self.config.host}:{self.config.port}: {exc}") from exc
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._first_connect
+        except TimeoutError as exc:
+            self._teardown()
+            raise BrokerError(f"{self.config.username}: no CONNACK within {timeout_s} s") from exc
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Send one message; waits while `max_inflight` QoS 1 messages are unacknowledged."""
+        while qos and self._inflight >= self.config.max_inflight:
+            self._drained.clear()
+            await self._drained.wait()
+        if qos:
+            self._inflight += 1
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            # NO_CONN is fine: paho keeps QoS 1 messages and sends them after the reconnect.
+            self._inflight -= 1 if qos else 0
+            self._error(f"publish to {topic}: {mqtt.error_string(info.rc)}")
+            return
+        self.counters.published += 1
+
+    def reply(self, topic: str, payload: bytes, correlation_data: bytes | None) -> None:
+        """Publish a command reply carrying the request's correlation data."""
+        props = Properties(PacketTypes.PUBLISH)
+        if correlation_data is not None:
+            props.CorrelationData = correlation_data
+        self._inflight += 1
+        self._client.publish(topic, payload, qos=1, properties=props)
+        self.counters.published += 1
+
+    async def drain(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every QoS 1 message is acknowledged; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._inflight > 0:
+                    self._drained.clear()
+                    await self._drained.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def drop(self) -> None:
+        """Cut the TCP connection without DISCONNECT, as a lost link would; the broker sends the Will."""
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    async def close(self, last_words: tuple[str, bytes] | None = None) -> None:
+        """Clean disconnect; `last_words` (topic, payload) is published retained first (the Will is not sent)."""
+        self._closing = True
+        if last_words and self.connected:
+            await self.publish(last_words[0], last_words[1], retain=True)
+            await self.drain(timeout_s=5.0)
+        if self.connected:
+            self._client.disconnect()
+            # DISCONNECT goes out on the next write; wait for paho to close the socket after it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    while self._fd is not None:
+                        await asyncio.sleep(0.005)
+        self._teardown()
+
+    # -- paho callbacks (run inside the event loop, from loop_read/loop_write/loop_misc) --
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            self._closing = True
+            if not self._first_connect.done():
+                self._first_connect.set_exception(
+                    BrokerError(f"{self.config.username}: broker refused the connection: {rc}"))
+            return
+        self._connected.set()
+        self._backoff_s = RECONNECT_MIN_S
+        self.counters.connected += 1
+        for topic in self.config.subscribe:
+            client.subscribe(topic, qos=1)
+        if not self._first_connect.done():
+            self._first_connect.set_result(None)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if self._connected.is_set():
+            self.counters.connected -= 1
+        self._connected.clear()
+        if not self._closing:
+            self.counters.reconnects += 1
+            self._loop.call_later(self._backoff_s, self._reconnect)
+            self._backoff_s = min(self._backoff_s * 2, RECONNECT_MAX_S)
+
+    def _reconnect(self) -> None:
+        if self._closing:
+            return
+        try:
+            self._client.reconnect()
+        except OSError as exc:
+            self._error(f"{self.config.username}: reconnect failed: {exc}")
+            self._loop.call_later(self._backoff_s, self._reconnect)
+            self._backoff_s = min(self._backoff_s * 2, RECONNECT_MAX_S)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        self._inflight = max(0, self._inflight - 1)
+        if rc.is_failure:
+            self._error(f"{self.config.username}: broker rejected a publish: {rc}")
+        else:
+            self.counters.acknowledged += 1
+        self._drained.set()
+
+    def _on_paho_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._on_message is None:
+            return
+        props = msg.properties
+        self._on_message(Incoming(
+            topic=msg.topic, payload=bytes(msg.payload),
+            response_topic=getattr(props, "ResponseTopic", None),
+            correlation_data=getattr(props, "CorrelationData", None),
+        ))
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._fd = sock.fileno()
+        self._loop.add_reader(self._fd, client.loop_read)
+        if self._misc is None:
+            self._misc = self._loop.call_later(MISC_INTERVAL_S, self._tick)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+            self._fd = None
+
+    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._loop.add_writer(sock.fileno(), client.loop_write)
+
+    def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._loop.remove_writer(sock.fileno())
+
+    def _tick(self) -> None:
+        # Keepalive pings and retries; a timer handle per link is far cheaper than a task.
+        self._client.loop_misc()
+        self._misc = None if self._closing else self._loop.call_later(MISC_INTERVAL_S, self._tick)
+
+    def _teardown(self) -> None:
+        self._closing = True
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+            self._fd = None
+        with contextlib.suppress(Exception):
+            self._client.loop_read()  # lets paho notice the closed socket and release it
+
+    def _error(self, message: str) -> None:
+        self.counters.errors += 1
+        self.counters.last_error = message

@@ -1,0 +1,212 @@
+"""Validation of one MQTT message: pure, fast, and total (every input gives a value, never an error).
+
+`validate(topic, payload, kinds, now=..., max_future_skew_s=...)` returns a `Telemetry`, `Event` or
+`Status` to store, or a `Quarantined` naming the `QuarantineReason`. Structural rules come from the
+pydantic models in `schemas.payloads`; the rules that need the device registry (`kinds`: device id →
+kind) or the server clock are applied here. A message with one bad reading is quarantined whole.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas.catalogue import CATALOGUE, EVENT_TYPES, DeviceKind
+from schemas.payloads import (
+    MAX_PAYLOAD_BYTES,
+    MAX_READINGS,
+    EventPayload,
+    QuarantineReason,
+    Reading,
+    StatusPayload,
+    TelemetryPayload,
+)
+
+TOPIC_PREFIX = "pw/v1/dev/"
+MESSAGE_KINDS = ("telemetry", "event", "status")
+_MAX_DETAIL_ITEMS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """An accepted batch of readings."""
+
+    device_id: str
+    boot_id: str
+    seq: int
+    readings: list[Reading]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An accepted discrete event."""
+
+    device_id: str
+    boot_id: str
+    seq: int
+    ts: datetime
+    type: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """An accepted presence message; `ts` is None when the device sent a bare `online`/`offline`."""
+
+    device_id: str
+    online: bool
+    ts: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A message set aside, with the reason and a human-readable detail."""
+
+    topic: str
+    device_id: str | None
+    reason: QuarantineReason
+    detail: str
+    payload: bytes
+
+
+Validated = Telemetry | Event | Status | Quarantined
+# Builds the `Quarantined` of the message being checked.
+Reject = Callable[[QuarantineReason, str], Quarantined]
+
+
+def topic_device(topic: str) -> tuple[str, str] | None:
+    """(device_id, message kind) of a device topic, or None when the topic is not ours."""
+    if not topic.startswith(TOPIC_PREFIX):
+        return None
+    parts = topic[len(TOPIC_PREFIX) :].split("/")
+    if len(parts) != 2 or not parts[0] or parts[1] not in MESSAGE_KINDS:
+        return None
+    return parts[0], parts[1]
+
+
+def validate(
+    topic: str, payload: bytes, kinds: Mapping[str, str], *, now: datetime, max_future_skew_s: int
+) -> Validated:
+    """Check one message against the contract; see the module docstring."""
+    where = topic_device(topic)
+    if where is None:
+        return Quarantined(topic, None, QuarantineReason.UNKNOWN_TOPIC, "not a pw/v1/dev/{id}/{kind} topic",
+                           payload)  # fmt: skip
+    device_id, kind = where
+
+    def reject(reason: QuarantineReason, detail: str) -> Quarantined:
+        return Quarantined(topic, device_id, reason, detail, payload)
+
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        # Counted without parsing: a payload this large is not parsed at all.
+        if payload.count(b'"metric"') > MAX_READINGS:
+            return reject(QuarantineReason.TOO_MANY_READINGS, f"more than {MAX_READINGS} readings")
+        return reject(QuarantineReason.OVERSIZED, f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    limit = now + timedelta(seconds=max_future_skew_s)
+    if kind == "telemetry":
+        return _telemetry(payload, device_id, kinds, limit, reject)
+    if kind == "event":
+        return _event(payload, device_id, kinds, limit, reject)
+    return _status(payload, device_id, kinds, reject)
+
+
+def _parse_error(exc: ValidationError) -> tuple[QuarantineReason, str]:
+    errors = exc.errors(include_url=False, include_input=False)
+    if any(e["type"] == "json_invalid" for e in errors):
+        return QuarantineReason.MALFORMED_JSON, errors[0]["msg"]
+    for e in errors:
+        if e["loc"][:1] == ("schema",):
+            return QuarantineReason.WRONG_SCHEMA, f"schema: {e['msg']}"
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "payload"
+    return QuarantineReason.INVALID_PAYLOAD, f"{where}: {first['msg']}"
+
+
+def _identity(device_id: str, claimed: str, kinds: Mapping[str, str], reject: Reject) -> Quarantined | str:
+    """The device's kind, or the quarantine for a mismatched or unregistered device."""
+    if claimed != device_id:
+        return reject(QuarantineReason.DEVICE_MISMATCH,
+                      f"topic says {device_id!r}, payload says {claimed!r}")  # fmt: skip
+    kind = kinds.get(device_id)
+    if kind is None:
+        return reject(QuarantineReason.UNREGISTERED_DEVICE, f"no device {device_id!r}")
+    return kind
+
+
+def _telemetry(
+    payload: bytes, device_id: str, kinds: Mapping[str, str], limit: datetime, reject: Reject
+) -> Telemetry | Quarantined:
+    try:
+        msg = TelemetryPayload.model_validate_json(payload)
+    except ValidationError as exc:
+        return reject(*_parse_error(exc))
+    kind = _identity(device_id, msg.device_id, kinds, reject)
+    if isinstance(kind, Quarantined):
+        return kind
+    if len(msg.readings) > MAX_READINGS:
+        return reject(QuarantineReason.TOO_MANY_READINGS,
+                      f"{len(msg.readings)} readings > {MAX_READINGS}")  # fmt: skip
+    bad = _bad_readings(msg.readings, CATALOGUE[DeviceKind(kind)], limit)
+    if bad:
+        reason = bad[0][1]
+        shown = "; ".join(f"readings[{i}] {why}" for i, _, why in bad[:_MAX_DETAIL_ITEMS])
+        return reject(reason, f"{len(bad)} of {len(msg.readings)} readings bad: {shown}")
+    return Telemetry(device_id, msg.boot_id, msg.seq, msg.readings)
+
+
+def _bad_readings(
+    readings: list[Reading], catalogue: Mapping[str, Any], limit: datetime
+) -> list[tuple[int, QuarantineReason, str]]:
+    """(index, reason, detail) of every bad reading; the hot loop, so plain and branch-light."""
+    bad: list[tuple[int, QuarantineReason, str]] = []
+    for i, r in enumerate(readings):
+        metric = catalogue.get(r.metric)
+        value = r.value
+        if metric is None:
+            bad.append((i, QuarantineReason.UNKNOWN_METRIC, f"{r.metric}: not in the catalogue"))
+        elif not math.isfinite(value):
+            bad.append((i, QuarantineReason.NON_FINITE, f"{r.metric}: {value}"))
+        elif not metric.low <= value <= metric.high:
+            bad.append((i, QuarantineReason.OUT_OF_RANGE,
+                        f"{r.metric}: {value} outside [{metric.low}, {metric.high}]"))  # fmt: skip
+        elif r.ts > limit:
+            bad.append((i, QuarantineReason.FUTURE_TIMESTAMP, f"{r.metric}: ts {r.ts.isoformat()} is ahead"))
+    return bad
+
+
+def _event(
+    payload: bytes, device_id: str, kinds: Mapping[str, str], limit: datetime, reject: Reject
+) -> Event | Quarantined:
+    try:
+        msg = EventPayload.model_validate_json(payload)
+    except ValidationError as exc:
+        return reject(*_parse_error(exc))
+    kind = _identity(device_id, msg.device_id, kinds, reject)
+    if isinstance(kind, Quarantined):
+        return kind
+    if msg.type not in EVENT_TYPES[DeviceKind(kind)]:
+        return reject(QuarantineReason.UNKNOWN_EVENT_TYPE, f"{msg.type!r} is not a {kind} event")
+    if msg.ts > limit:
+        return reject(QuarantineReason.FUTURE_TIMESTAMP, f"ts {msg.ts.isoformat()} is ahead")
+    return Event(device_id, msg.boot_id, msg.seq, msg.ts, msg.type, msg.data)
+
+
+def _status(payload: bytes, device_id: str, kinds: Mapping[str, str], reject: Reject) -> Status | Quarantined:
+    bare = payload.strip()
+    if bare in (b"online", b"offline"):
+        claimed, online, ts = device_id, bare == b"online", None
+    else:
+        try:
+            msg = StatusPayload.model_validate_json(payload)
+        except ValidationError as exc:
+            return reject(*_parse_error(exc))
+        claimed, online, ts = msg.device_id, msg.state == "online", msg.ts
+    kind = _identity(device_id, claimed, kinds, reject)
+    if isinstance(kind, Quarantined):
+        return kind
+    return Status(device_id, online, ts)

@@ -1,0 +1,80 @@
+"""Demo data for `pulsewire up`: orgs, owners and one login per role, created once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from pulsewire import registry
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+CLINIC = "Demo Clinic"
+GARAGE = "Demo Garage"
+IMPLANT_VENDOR = "Demo Implant Vendor"
+DONGLE_VENDOR = "Demo Dongle Vendor"
+PATIENT = "Ada Lovelace"
+DRIVER = "Dan Driver"
+DEMO_PASSWORD = "pulsewire-demo"
+
+
+@dataclass(frozen=True)
+class DemoLogin:
+    email: str
+    role: str
+    sees: str
+
+
+DEMO_LOGINS = (
+    DemoLogin("clinician@demo.pulsewire", "provider_staff", "Demo Clinic's implants, patients and alerts"),
+    DemoLogin("mechanic@demo.pulsewire", "provider_staff", "Demo Garage's vehicles and alerts"),
+    DemoLogin("vendor@demo.pulsewire", "vendor_staff", "technical data of the implants Demo Implant Vendor made"),
+    DemoLogin("patient@demo.pulsewire", "owner", "Ada's own implant and messages"),
+    DemoLogin("driver@demo.pulsewire", "owner", "Dan's own car and messages"),
+    DemoLogin("admin@demo.pulsewire", "admin", "everything, plus the quarantine"),
+)
+
+
+def org_id(conn: Conn, name: str, kind: str) -> int:
+    """The id of the org called `name`, created when missing."""
+    row = conn.execute("SELECT org_id FROM orgs WHERE name = %s", (name,)).fetchone()
+    return int(row["org_id"]) if row else registry.add_org(conn, name, kind)
+
+
+def owner_id(conn: Conn, provider: int, full_name: str) -> int:
+    """The id of the owner called `full_name` in `provider`'s care, created when missing."""
+    row = conn.execute(
+        "SELECT owner_id FROM owners WHERE provider_org_id = %s AND full_name = %s ORDER BY owner_id LIMIT 1",
+        (provider, full_name),
+    ).fetchone()
+    if row:
+        return int(row["owner_id"])
+    email = full_name.lower().replace(" ", ".") + "@example.org"
+    return registry.add_owner(conn, provider, full_name, email=email, phone="+1 555 0100",
+                              address="1 Demo Street, Springfield")
+
+
+def seed(conn: Conn) -> tuple[DemoLogin, ...]:
+    """Create the demo orgs, owners and logins when missing; returns the logins."""
+    clinic = org_id(conn, CLINIC, "provider")
+    garage = org_id(conn, GARAGE, "provider")
+    implant_vendor = org_id(conn, IMPLANT_VENDOR, "vendor")
+    org_id(conn, DONGLE_VENDOR, "vendor")
+    patient = owner_id(conn, clinic, PATIENT)
+    driver = owner_id(conn, garage, DRIVER)
+    placement: dict[str, dict[str, int]] = {
+        "clinician@demo.pulsewire": {"org_id": clinic},
+        "mechanic@demo.pulsewire": {"org_id": garage},
+        "vendor@demo.pulsewire": {"org_id": implant_vendor},
+        "patient@demo.pulsewire": {"owner_id": patient},
+        "driver@demo.pulsewire": {"owner_id": driver},
+        "admin@demo.pulsewire": {},
+    }
+    for login in DEMO_LOGINS:
+        exists = conn.execute("SELECT 1 FROM users WHERE email = %s", (login.email,)).fetchone()
+        if not exists:
+            registry.add_user(conn, login.email, role=login.role, password=DEMO_PASSWORD,
+                              **placement[login.email])
+    return DEMO_LOGINS

@@ -1,0 +1,130 @@
+"""`pulsewire up`: the whole system on the local stack, as child processes; Ctrl-C stops them all.
+
+Each service runs as its own `pulsewire <service>` process, exactly as it would when scaled out,
+so the demo exercises the same code paths as production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from pulsewire import demo
+from pulsewire.db import connect
+from pulsewire.migrate import migrate
+from pulsewire.settings import Settings
+from pulsewire.stack import Stack, StackInfo, ensure_packages
+from pulsewire.storage import maintain
+
+STOP_GRACE_S = 10.0
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--simulate", type=int, default=0, metavar="N",
+                        help="also run N simulated devices of both kinds")
+    parser.add_argument("--port", type=int, help="dashboard port (default: PULSEWIRE_API_PORT or 8080)")
+    parser.add_argument("--time-scale", type=float, default=60.0,
+                        help="simulated seconds per wall second for the demo fleet")
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    ensure_packages()
+    info = Stack(settings.state_dir).up()
+    database_url = settings.database_url or info.database_url
+    migrate(database_url)
+    with connect(database_url, autocommit=True) as conn:
+        maintain(conn, retention_days=settings.retention_days)
+        logins = demo.seed(conn)
+    port = args.port or settings.api_port
+    env = _child_env(settings, info, database_url, port)
+    children = _start_children(env, args)
+    _print_banner(settings, info, port, logins, children)
+    return _supervise(children)
+
+
+def _child_env(settings: Settings, info: StackInfo, database_url: str, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "PULSEWIRE_DATABASE_URL": database_url,
+        "PULSEWIRE_MQTT_URL": settings.mqtt_url or info.mqtt_url,
+        "PULSEWIRE_STATE_DIR": str(settings.state_dir.resolve()),
+        "PULSEWIRE_API_PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def _start_children(env: dict[str, str], args: argparse.Namespace) -> list[Child]:
+    exe = [sys.executable, "-m", "pulsewire"]
+    commands = {"ingest": ["ingest"], "relay": ["relay"], "dashboard": ["dashboard"]}
+    if args.simulate:
+        commands["simulate"] = ["simulate", "--kind", "mixed", "--devices", str(args.simulate),
+                                "--duration", "0", "--time-scale", str(args.time_scale)]
+    children = []
+    for name, command in commands.items():
+        process = subprocess.Popen(exe + command, env=env, start_new_session=True)
+        children.append(Child(name, process))
+    return children
+
+
+def _print_banner(
+    settings: Settings, info: StackInfo, port: int, logins: tuple[demo.DemoLogin, ...], children: list[Child]
+) -> None:
+    lines = [
+        "", "Pulsewire is up.",
+        f"  dashboard   http://{settings.api_host}:{port}/",
+        f"  API         http://{settings.api_host}:{port}/api/v1  (OpenAPI at /openapi.json)",
+        f"  MQTT        {info.mqtt_url.split('@')[-1]}  (devices log in with their own credentials)",
+        f"  PostgreSQL  {info.database_url.split('@')[-1]}",
+        "  services    " + ", ".join(f"{c.name} (pid {c.process.pid})" for c in children),
+        f"  demo logins (password: {demo.DEMO_PASSWORD})",
+        *[f"    {login.email:<28} {login.sees}" for login in logins],
+        "Press Ctrl-C to stop everything.", "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _supervise(children: list[Child]) -> int:
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    status = 0
+    while not stopping:
+        for child in children:
+            code = child.process.poll()
+            if code is not None and not (child.name == "simulate" and code == 0):
+                print(f"pulsewire up: {child.name} exited with {code}; stopping everything", file=sys.stderr)
+                stopping, status = True, 1
+        time.sleep(0.2)
+    _stop_children(children)
+    print("Pulsewire stopped. The stack keeps running: `pulsewire stack down` stops it.")
+    return status
+
+
+def _stop_children(children: list[Child]) -> None:
+    for child in children:
+        if child.process.poll() is None:
+            os.killpg(child.process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for child in children:
+        try:
+            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.process.pid, signal.SIGKILL)
+            child.process.wait()
