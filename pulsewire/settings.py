@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -63,11 +62,12 @@ class Settings(BaseSettings):
         return MqttTarget.parse(self.require_mqtt_url())
 
     def _stack_value(self, key: str) -> str | None:
-        path = self.state_dir / "stack.json"
-        try:
-            value = json.loads(path.read_text()).get(key)
-        except (OSError, ValueError):
+        from pulsewire.stack import Stack
+
+        if not (self.state_dir / "stack.json").exists():
             return None
+        info = Stack(self.state_dir).status()
+        value = info.to_json().get(key) if info else None
         return value if isinstance(value, str) else None
 
 

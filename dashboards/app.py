@@ -1,0 +1,84 @@
+"""The FastAPI application: `create_app(settings)`; its lifespan opens the pools and the command service."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from dashboards.auth import SessionConfig
+from dashboards.commands import CommandService
+from dashboards.errors import ERROR_RESPONSES, install_handlers
+from pulsewire import db
+from pulsewire.settings import Settings
+
+log = logging.getLogger("pulsewire.dashboards")
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings, *, command_timeout_s: float = 120.0) -> FastAPI:
+    """The dashboard app; nothing connects until the lifespan starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.require_database_url()
+        pool = db.async_pool(url, min_size=2, max_size=10, name="dashboards")
+        sync_pool = db.pool(url, min_size=1, max_size=4, name="dashboards-sync")
+        await pool.open(wait=False)
+        sync_pool.open(wait=False)
+        app.state.pool, app.state.sync_pool = pool, sync_pool
+        commands = CommandService(settings, pool, timeout_s=command_timeout_s)
+        app.state.commands = commands
+        try:
+            async with commands.running():
+                yield
+        finally:
+            await pool.close()
+            sync_pool.close()
+
+    app = FastAPI(
+        title="Pulsewire", version="1.0.0", lifespan=lifespan,
+        description="Telemetry and alerts of connected devices, scoped to the caller's org and role.",
+    )
+    app.state.settings = settings
+    app.state.session_config = SessionConfig.create(settings.session_secret, settings.secure_cookies)
+    install_handlers(app)
+    _install_metrics(app)
+    _include_routers(app)
+    return app
+
+
+def _include_routers(app: FastAPI) -> None:
+    from dashboards.api import account, admin, alerts, commands, contact, devices, system
+
+    app.include_router(system.router)
+    for module in (account, devices, commands, contact, alerts, admin):
+        app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
+
+
+def _install_metrics(app: FastAPI) -> None:
+    # One registry per app, so several apps (tests) in one process do not collide.
+    registry = CollectorRegistry()
+    app.state.metrics_registry = registry
+    requests = Counter("pulsewire_http_requests_total", "HTTP requests served",
+                       ["method", "route", "status"], registry=registry)
+    latency = Histogram("pulsewire_http_request_duration_seconds", "HTTP request latency",
+                        ["method", "route"], registry=registry,
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            requests.labels(request.method, route, str(status)).inc()
+            latency.labels(request.method, route).observe(time.perf_counter() - started)

@@ -1,0 +1,76 @@
+"""Typed dependencies for routes: `Conn` (one transaction per request) and `CurrentPrincipal`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import psycopg
+import psycopg_pool
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from dashboards.auth import SESSION_COOKIE, Principal, SessionConfig, principal_from_session, principal_from_token
+from dashboards.errors import ApiError
+from dashboards.queries import AConn, PageRequest
+from pulsewire.errors import DatabaseError
+from pulsewire.settings import Settings
+
+MAX_PAGE = 500
+_bearer = HTTPBearer(auto_error=False, description="an API token (`pulsewire users add` or POST /api/v1/tokens)")
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings the app was built with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session_config(request: Request) -> SessionConfig:
+    """How web sessions are signed."""
+    config: SessionConfig = request.app.state.session_config
+    return config
+
+
+async def get_conn(request: Request) -> AsyncIterator[AConn]:
+    """A pooled connection inside one transaction: committed when the route returns, else rolled back."""
+    pool: psycopg_pool.AsyncConnectionPool = request.app.state.pool
+    try:
+        async with pool.connection(timeout=5) as conn:
+            yield conn
+    except (psycopg_pool.PoolTimeout, psycopg.OperationalError) as exc:
+        raise DatabaseError(f"database unavailable: {exc}") from exc
+
+
+Conn = Annotated[AConn, Depends(get_conn)]
+
+
+async def get_principal(
+    request: Request, conn: Conn,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The caller, from a bearer token or a web session cookie; 401 otherwise."""
+    principal = None
+    if credentials is not None:
+        principal = await principal_from_token(conn, credentials.credentials)
+    elif cookie := request.cookies.get(SESSION_COOKIE):
+        principal = await principal_from_session(conn, get_session_config(request), cookie)
+    if principal is None:
+        raise ApiError(401, "missing, invalid or revoked credentials",
+                       headers={"WWW-Authenticate": "Bearer"})
+    request.state.principal = principal
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def get_page(
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"at most {MAX_PAGE}")] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> PageRequest:
+    """Capped offset pagination parameters."""
+    return PageRequest(limit=limit, offset=offset)
+
+
+Paging = Annotated[PageRequest, Depends(get_page)]

@@ -1,0 +1,218 @@
+"""Tenant-scoped data access for the API routes and the web pages alike.
+
+Scoping happens here and nowhere else: every device-bound query starts from `visible_device`
+or `_DEVICE_SCOPE`, so a route cannot forget it. Another tenant's object is "not found";
+an object the caller sees but may not act on is "forbidden" (raised by `require_*`).
+
+Who sees which device::
+
+    admin           every device
+    provider_staff  devices with provider_org_id = their org (owner details included)
+    vendor_staff    devices with vendor_org_id = their org (technical data only, no owner)
+    owner           devices with owner_id = theirs
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from dashboards.errors import forbidden, invalid, not_found
+from schemas.catalogue import CATALOGUE, CLINICAL_EVENTS, DeviceKind, Metric
+
+if TYPE_CHECKING:
+    from dashboards.auth import Principal
+
+AConn = psycopg.AsyncConnection[dict[str, Any]]
+Row = dict[str, Any]
+
+MAX_BUCKETS = 1_000
+MAX_RAW_POINTS = 10_000
+AGGREGATES = {
+    "avg": "avg(value)",
+    "min": "min(value)",
+    "max": "max(value)",
+    "last": "(array_agg(value ORDER BY ts DESC))[1]",
+}
+_BUCKET = re.compile(r"^(\d{1,6})(s|m|h|d)$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+# The one WHERE clause that decides which devices a caller sees (alias `d` = devices).
+_DEVICE_SCOPE = {
+    "admin": "TRUE",
+    "provider_staff": "d.provider_org_id = %(scope_org)s",
+    "vendor_staff": "d.vendor_org_id = %(scope_org)s",
+    "owner": "d.owner_id = %(scope_owner)s",
+}
+_DEVICE_COLUMNS = """d.device_id, d.kind, d.model, d.serial, d.firmware, d.provider_org_id,
+    d.vendor_org_id, d.owner_id, d.online, d.status_at, d.last_seen_at, d.created_at"""
+_OWNER_COLUMNS = """o.full_name AS owner_full_name, o.email AS owner_email, o.phone AS owner_phone,
+    o.birth_date AS owner_birth_date, o.address AS owner_address"""
+
+
+def scope_sql(p: Principal) -> tuple[str, dict[str, Any]]:
+    """The device filter for this caller, with its parameters."""
+    clause = _DEVICE_SCOPE.get(p.role, "FALSE")
+    return clause, {"scope_org": p.org_id, "scope_owner": p.owner_id}
+
+
+def sees_owner_data(p: Principal) -> bool:
+    """Vendors never see owners (minimum necessary disclosure)."""
+    return p.role != "vendor_staff"
+
+
+def sees_clinical_data(p: Principal) -> bool:
+    """Clinical metrics and events are for the provider, the owner and admins."""
+    return p.role != "vendor_staff"
+
+
+def require_role(p: Principal, roles: tuple[str, ...], action: str) -> None:
+    """403 unless the caller's role may perform `action`."""
+    if p.role not in roles:
+        raise forbidden(f"a {p.role} may not {action}")
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """Capped offset pagination."""
+
+    limit: int = 100
+    offset: int = 0
+
+
+async def list_devices(
+    conn: AConn, p: Principal, page: PageRequest, *, kind: str | None = None
+) -> list[Row]:
+    """Devices the caller sees, ordered by id."""
+    clause, params = scope_sql(p)
+    params |= {"kind": kind, "limit": page.limit, "offset": page.offset}
+    cur = await conn.execute(
+        f"""SELECT {_DEVICE_COLUMNS}, {_OWNER_COLUMNS} FROM devices d
+            LEFT JOIN owners o ON o.owner_id = d.owner_id
+            WHERE {clause} AND (%(kind)s::text IS NULL OR d.kind = %(kind)s)
+            ORDER BY d.device_id LIMIT %(limit)s OFFSET %(offset)s""",
+        params,
+    )
+    return await cur.fetchall()
+
+
+async def visible_device(conn: AConn, p: Principal, device_id: str) -> Row:
+    """The device if the caller sees it; 404 otherwise (also for another tenant's)."""
+    clause, params = scope_sql(p)
+    cur = await conn.execute(
+        f"""SELECT {_DEVICE_COLUMNS}, {_OWNER_COLUMNS} FROM devices d
+            LEFT JOIN owners o ON o.owner_id = d.owner_id
+            WHERE d.device_id = %(device_id)s AND {clause}""",
+        params | {"device_id": device_id},
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise not_found(f"device {device_id!r}")
+    return row
+
+
+def parse_bucket(text: str) -> timedelta:
+    """`30s`, `5m`, `1h`, `1d` as a timedelta; 422 otherwise."""
+    match = _BUCKET.match(text.strip())
+    if not match or int(match[1]) == 0:
+        raise invalid(f"bucket must look like 30s, 5m, 1h or 1d, got {text!r}", code="invalid_bucket")
+    return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+
+
+def readable_metrics(p: Principal, kind: str, requested: list[str]) -> list[Metric]:
+    """The catalogue entries the caller asked for (all it may see when none): 422 unknown, 403 clinical."""
+    catalogue = CATALOGUE[DeviceKind(kind)]
+    if not requested:
+        return [m for m in catalogue.values() if sees_clinical_data(p) or not m.clinical]
+    unknown = [name for name in requested if name not in catalogue]
+    if unknown:
+        raise invalid(f"unknown metric(s) for a {kind}: {', '.join(unknown)}", code="unknown_metric")
+    chosen = [catalogue[name] for name in dict.fromkeys(requested)]
+    hidden = [m.name for m in chosen if m.clinical and not sees_clinical_data(p)]
+    if hidden:
+        raise forbidden(f"clinical metric(s) are not shown to a vendor: {', '.join(hidden)}")
+    return chosen
+
+
+@dataclass(frozen=True)
+class ReadingsQuery:
+    """A validated request for a device's readings."""
+
+    device_id: str
+    metrics: list[str]
+    start: datetime
+    end: datetime
+    bucket: timedelta | None
+    agg: str
+
+    def check(self) -> None:
+        """422 on a reversed range or more than MAX_BUCKETS buckets."""
+        if self.end <= self.start:
+            raise invalid("end must be after start", code="invalid_range")
+        if self.bucket is not None:
+            buckets = (self.end - self.start) / self.bucket
+            if buckets > MAX_BUCKETS:
+                raise invalid(
+                    f"{int(buckets)} buckets asked, at most {MAX_BUCKETS}: widen the bucket or "
+                    "narrow the range", code="too_many_buckets",
+                    details={"buckets": int(buckets), "max_buckets": MAX_BUCKETS},
+                )
+
+
+async def readings(conn: AConn, q: ReadingsQuery) -> tuple[list[Row], bool]:
+    """Rows of (metric, ts, value, n), bucketed when asked; and whether raw points were capped."""
+    params: dict[str, Any] = {"device_id": q.device_id, "metrics": q.metrics, "start": q.start,
+                              "end": q.end, "bucket": q.bucket, "cap": MAX_RAW_POINTS + 1}
+    where = "device_id = %(device_id)s AND metric = ANY(%(metrics)s) AND ts >= %(start)s AND ts < %(end)s"
+    if q.bucket is None:
+        cur = await conn.execute(
+            f"""SELECT metric, ts, value, 1 AS n FROM readings WHERE {where}
+                ORDER BY metric, ts LIMIT %(cap)s""", params)
+        rows = await cur.fetchall()
+        return rows[:MAX_RAW_POINTS], len(rows) > MAX_RAW_POINTS
+    cur = await conn.execute(
+        f"""SELECT metric, pw_bucket(%(bucket)s, ts) AS ts, {AGGREGATES[q.agg]} AS value, count(*) AS n
+            FROM readings WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2""", params)
+    return await cur.fetchall(), False
+
+
+async def events(
+    conn: AConn, p: Principal, device_id: str, page: PageRequest, *, type_: str | None = None
+) -> list[Row]:
+    """Events of a visible device, newest first; a vendor never gets clinical ones."""
+    hidden = [] if sees_clinical_data(p) else sorted(CLINICAL_EVENTS)
+    cur = await conn.execute(
+        """SELECT ts, type, data, boot_id, seq, received_at FROM events
+           WHERE device_id = %(device_id)s AND NOT (type = ANY(%(hidden)s))
+             AND (%(type)s::text IS NULL OR type = %(type)s)
+           ORDER BY ts DESC, seq DESC LIMIT %(limit)s OFFSET %(offset)s""",
+        {"device_id": device_id, "hidden": hidden, "type": type_, "limit": page.limit,
+         "offset": page.offset},
+    )
+    return await cur.fetchall()
+
+
+async def quarantine(conn: AConn, p: Principal, page: PageRequest, *, reason: str | None = None) -> list[Row]:
+    """Quarantined messages, newest first: admins only."""
+    require_role(p, ("admin",), "read the quarantine")
+    cur = await conn.execute(
+        """SELECT quarantine_id, received_at, topic, device_id, reason, detail,
+                  substring(payload FROM 1 FOR 2000) AS payload
+           FROM quarantine WHERE (%(reason)s::text IS NULL OR reason = %(reason)s)
+           ORDER BY quarantine_id DESC LIMIT %(limit)s OFFSET %(offset)s""",
+        {"reason": reason, "limit": page.limit, "offset": page.offset},
+    )
+    return await cur.fetchall()
+
+
+async def audit(conn: AConn, p: Principal, action: str, object_type: str, object_id: str,
+                details: dict[str, Any] | None = None) -> None:
+    """Record who did what."""
+    await conn.execute(
+        "INSERT INTO audit_log (user_id, action, object_type, object_id, details) VALUES (%s, %s, %s, %s, %s)",
+        (p.user_id, action, object_type, object_id, psycopg.types.json.Jsonb(details or {})),
+    )

@@ -1,0 +1,90 @@
+"""What each audience may see of an alert.
+
+The provider (clinic or garage) sees the whole alert, the device and the owner's name. The vendor
+sees only technical alerts, as its own minimal object built field by field (never by deleting keys
+from the provider's view): alert id, rule, severity, device serial, model, firmware and technical
+values. No owner, no device id, no clinical metric, no location.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from schemas.catalogue import CLINICAL_EVENTS, is_clinical_metric
+
+AUDIENCES = ("provider", "vendor")
+
+# One query shape for every view: the alert with its device and owner.
+ALERT_SELECT = """
+SELECT a.*, d.kind AS device_kind, d.model, d.serial, d.firmware, d.owner_id,
+       o.full_name AS owner_name
+FROM alerts a
+JOIN devices d ON d.device_id = a.device_id
+LEFT JOIN owners o ON o.owner_id = d.owner_id
+"""
+_SUFFIXES = ("_baseline", "_before")
+# Event data keys that describe the device, the only ones a vendor may see.
+_TECHNICAL_KEYS = frozenset({"event_type", "status", "code", "state", "reason", "count"})
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def provider_view(row: dict[str, Any]) -> dict[str, Any]:
+    """The provider's view of an alert row from ALERT_SELECT."""
+    return {
+        "alert_id": row["alert_id"], "rule_key": row["rule_key"], "rule_name": row["rule_name"],
+        "severity": row["severity"], "class": row["class"], "state": row["state"],
+        "late": row["late"], "escalated": row["escalated"], "occurrences": row["occurrences"],
+        "device": {"device_id": row["device_id"], "kind": row["device_kind"], "model": row["model"],
+                   "serial": row["serial"], "firmware": row["firmware"]},
+        "owner": {"owner_id": row["owner_id"], "name": row["owner_name"]} if row["owner_id"] else None,
+        "values": dict(row["values"]),
+        "started_at": _iso(row["started_at"]), "last_seen_at": _iso(row["last_seen_at"]),
+        "ended_at": _iso(row["ended_at"]), "opened_at": _iso(row["opened_at"]),
+        "acknowledged_at": _iso(row["acknowledged_at"]), "acknowledged_by": row["acknowledged_by"],
+        "resolved_at": _iso(row["resolved_at"]), "resolved_by": row["resolved_by"],
+    }
+
+
+def technical_values(values: dict[str, Any]) -> dict[str, Any]:
+    """Only the values that describe the device: no clinical metric, location or clinical event."""
+    if values.get("event_type") in CLINICAL_EVENTS:
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        base = next((key[: -len(s)] for s in _SUFFIXES if key.endswith(s)), key)
+        if is_clinical_metric(base) or not isinstance(value, int | float | str | bool):
+            continue
+        if isinstance(value, str) and key not in _TECHNICAL_KEYS:
+            continue
+        out[key] = value
+    return out
+
+
+def vendor_view(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The vendor's minimal object, or None for a clinical alert (vendors never see those)."""
+    if row["class"] != "technical":
+        return None
+    return {
+        "alert_id": row["alert_id"], "rule_key": row["rule_key"], "rule_name": row["rule_name"],
+        "severity": row["severity"], "class": "technical", "state": row["state"], "late": row["late"],
+        "device": {"serial": row["serial"], "model": row["model"], "firmware": row["firmware"],
+                   "kind": row["device_kind"]},
+        "values": technical_values(dict(row["values"])),
+        "started_at": _iso(row["started_at"]), "opened_at": _iso(row["opened_at"]),
+        "resolved_at": _iso(row["resolved_at"]),
+    }
+
+
+def view_for(row: dict[str, Any], audience: str) -> dict[str, Any] | None:
+    """The audience's view of an alert row, or None when that audience may not see it."""
+    return provider_view(row) if audience == "provider" else vendor_view(row)
+
+
+def message(event: str, view: dict[str, Any]) -> str:
+    """The JSON body sent on every channel: `{"event": ..., "alert": view}`, compact and stable."""
+    return json.dumps({"event": event, "alert": view}, separators=(",", ":"), sort_keys=True)
