@@ -46,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pulsewire", description="Telemetry relay for devices customers own.")
+    parser = argparse.ArgumentParser(
+        prog="pulsewire", description="Telemetry relay for devices customers own."
+    )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_stack(sub)
     _add_simple(sub, "migrate", "apply the SQL migrations (idempotent)", _cmd_migrate)
@@ -73,8 +75,11 @@ def _add_simple(sub: Any, name: str, help_text: str, handler: Handler) -> argpar
 def _add_stack(sub: Any) -> None:
     stack = sub.add_parser("stack", help="private Mosquitto and PostgreSQL under the state dir")
     actions = stack.add_subparsers(title="actions", metavar="ACTION")
-    for action, help_text in (("up", "start (idempotent)"), ("down", "stop what up started"),
-                              ("status", "show URLs and what runs")):
+    for action, help_text in (
+        ("up", "start (idempotent)"),
+        ("down", "stop what up started"),
+        ("status", "show URLs and what runs"),
+    ):
         parser = _add_simple(actions, action, help_text, _cmd_stack)
         parser.add_argument("--json", action="store_true", help="print one JSON object")
         parser.set_defaults(action=action)
@@ -87,9 +92,10 @@ def _add_registry(sub: Any) -> None:
 
 
 def _cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
-    from pulsewire.stack import Stack, ensure_packages
+    from pulsewire.stack import Stack, StackInfo, ensure_packages
 
     stack = Stack(settings.state_dir)
+    info: StackInfo | None
     if args.action == "up":
         ensure_packages()
         info = stack.up()
@@ -126,8 +132,10 @@ def _cmd_maintain(settings: Settings, args: argparse.Namespace) -> int:
 
     with connect(settings.require_database_url(), autocommit=True) as conn:
         report = maintain(conn, retention_days=settings.retention_days)
-    print(f"created {len(report.created)} partition(s), dropped {len(report.dropped)}, "
-          f"expired {report.expired_default_rows} old row(s)")
+    print(
+        f"created {len(report.created)} partition(s), dropped {len(report.dropped)}, "
+        f"expired {report.expired_default_rows} old row(s)"
+    )
     return 0
 
 

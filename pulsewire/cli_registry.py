@@ -95,14 +95,27 @@ def _owners_add(settings: Settings, args: argparse.Namespace) -> int:
 def _devices_add(settings: Settings, args: argparse.Namespace) -> int:
     with connect(settings.require_database_url(), autocommit=True) as conn:
         creds = registry.add_device(
-            conn, args.device_id, kind=args.kind, model=args.model, provider_org_id=args.provider,
-            vendor_org_id=args.vendor, owner_id=args.owner, serial=args.serial, firmware=args.firmware,
+            conn,
+            args.device_id,
+            kind=args.kind,
+            model=args.model,
+            provider_org_id=args.provider,
+            vendor_org_id=args.vendor,
+            owner_id=args.owner,
+            serial=args.serial,
+            firmware=args.firmware,
         )
         synced = registry.sync_broker_auth(conn, settings.state_dir)
-    data = {"device_id": creds.device_id, "mqtt_username": creds.mqtt_username,
-            "mqtt_password": creds.mqtt_password, "broker_updated": synced}
-    text = (f"device {creds.device_id} registered; MQTT credentials (shown once):\n"
-            f"  username: {creds.mqtt_username}\n  password: {creds.mqtt_password}")
+    data = {
+        "device_id": creds.device_id,
+        "mqtt_username": creds.mqtt_username,
+        "mqtt_password": creds.mqtt_password,
+        "broker_updated": synced,
+    }
+    text = (
+        f"device {creds.device_id} registered; MQTT credentials (shown once):\n"
+        f"  username: {creds.mqtt_username}\n  password: {creds.mqtt_password}"
+    )
     if not synced:
         text += "\n  (no local stack running: provision these on your broker)"
     return _emit(args, data, text)
@@ -111,9 +124,17 @@ def _devices_add(settings: Settings, args: argparse.Namespace) -> int:
 def _users_add(settings: Settings, args: argparse.Namespace) -> int:
     with connect(settings.require_database_url(), autocommit=True) as conn:
         user_id = registry.add_user(
-            conn, args.email, role=args.role, display_name=args.name, org_id=args.org,
-            owner_id=args.owner, password=args.password,
+            conn,
+            args.email,
+            role=args.role,
+            display_name=args.name,
+            org_id=args.org,
+            owner_id=args.owner,
+            password=args.password,
         )
         token = registry.issue_token(conn, user_id, "cli")
-    return _emit(args, {"user_id": user_id, "token": token},
-                 f"user {args.email} created with id {user_id}; API token (shown once):\n  {token}")
+    return _emit(
+        args,
+        {"user_id": user_id, "token": token},
+        f"user {args.email} created with id {user_id}; API token (shown once):\n  {token}",
+    )

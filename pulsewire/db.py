@@ -33,8 +33,13 @@ def transaction(url: str) -> Iterator[psycopg.Connection[dict[str, object]]]:
 def pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "pulsewire") -> ConnectionPool:
     """A connection pool (not yet opened) whose connections return dict rows."""
     return ConnectionPool(
-        url, min_size=min_size, max_size=max_size, name=name, open=False,
-        kwargs={"row_factory": dict_row}, reconnect_timeout=0,
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        name=name,
+        open=False,
+        kwargs={"row_factory": dict_row},
+        reconnect_timeout=0,
     )
 
 
@@ -43,6 +48,11 @@ def async_pool(
 ) -> AsyncConnectionPool:
     """An async connection pool (not yet opened) whose connections return dict rows."""
     return AsyncConnectionPool(
-        url, min_size=min_size, max_size=max_size, name=name, open=False,
-        kwargs={"row_factory": dict_row}, reconnect_timeout=0,
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        name=name,
+        open=False,
+        kwargs={"row_factory": dict_row},
+        reconnect_timeout=0,
     )

@@ -30,7 +30,9 @@ class DemoLogin:
 DEMO_LOGINS = (
     DemoLogin("clinician@demo.pulsewire", "provider_staff", "Demo Clinic's implants, patients and alerts"),
     DemoLogin("mechanic@demo.pulsewire", "provider_staff", "Demo Garage's vehicles and alerts"),
-    DemoLogin("vendor@demo.pulsewire", "vendor_staff", "technical data of the implants Demo Implant Vendor made"),
+    DemoLogin(
+        "vendor@demo.pulsewire", "vendor_staff", "technical data of the implants Demo Implant Vendor made"
+    ),
     DemoLogin("patient@demo.pulsewire", "owner", "Ada's own implant and messages"),
     DemoLogin("driver@demo.pulsewire", "owner", "Dan's own car and messages"),
     DemoLogin("admin@demo.pulsewire", "admin", "everything, plus the quarantine"),
@@ -52,8 +54,9 @@ def owner_id(conn: Conn, provider: int, full_name: str) -> int:
     if row:
         return int(row["owner_id"])
     email = full_name.lower().replace(" ", ".") + "@example.org"
-    return registry.add_owner(conn, provider, full_name, email=email, phone="+1 555 0100",
-                              address="1 Demo Street, Springfield")
+    return registry.add_owner(
+        conn, provider, full_name, email=email, phone="+1 555 0100", address="1 Demo Street, Springfield"
+    )
 
 
 def seed(conn: Conn) -> tuple[DemoLogin, ...]:
@@ -64,17 +67,19 @@ def seed(conn: Conn) -> tuple[DemoLogin, ...]:
     org_id(conn, DONGLE_VENDOR, "vendor")
     patient = owner_id(conn, clinic, PATIENT)
     driver = owner_id(conn, garage, DRIVER)
-    placement: dict[str, dict[str, int]] = {
-        "clinician@demo.pulsewire": {"org_id": clinic},
-        "mechanic@demo.pulsewire": {"org_id": garage},
-        "vendor@demo.pulsewire": {"org_id": implant_vendor},
-        "patient@demo.pulsewire": {"owner_id": patient},
-        "driver@demo.pulsewire": {"owner_id": driver},
-        "admin@demo.pulsewire": {},
+    placement: dict[str, tuple[int | None, int | None]] = {  # (org_id, owner_id)
+        "clinician@demo.pulsewire": (clinic, None),
+        "mechanic@demo.pulsewire": (garage, None),
+        "vendor@demo.pulsewire": (implant_vendor, None),
+        "patient@demo.pulsewire": (None, patient),
+        "driver@demo.pulsewire": (None, driver),
+        "admin@demo.pulsewire": (None, None),
     }
     for login in DEMO_LOGINS:
         exists = conn.execute("SELECT 1 FROM users WHERE email = %s", (login.email,)).fetchone()
         if not exists:
-            registry.add_user(conn, login.email, role=login.role, password=DEMO_PASSWORD,
-                              **placement[login.email])
+            org, owner = placement[login.email]
+            registry.add_user(
+                conn, login.email, role=login.role, password=DEMO_PASSWORD, org_id=org, owner_id=owner
+            )
     return DEMO_LOGINS

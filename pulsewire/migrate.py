@@ -110,9 +110,7 @@ def _only_comments(chunk: str) -> bool:
 
 
 def _choose_storage(conn: psycopg.Connection[dict[str, object]]) -> Storage:
-    available = conn.execute(
-        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
-    ).fetchone()
+    available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
     if available is None:
         return "native"
     try:

@@ -43,14 +43,24 @@ def add_org(conn: Conn, name: str, kind: str) -> int:
     """Create an organisation; returns its id."""
     if kind not in ORG_KINDS:
         raise RegistryError(f"org kind must be one of {', '.join(ORG_KINDS)}, got {kind!r}")
-    row = _insert(conn, "INSERT INTO orgs (name, kind) VALUES (%s, %s) RETURNING org_id", (name, kind),
-                  conflict=f"an org named {name!r} already exists")
+    row = _insert(
+        conn,
+        "INSERT INTO orgs (name, kind) VALUES (%s, %s) RETURNING org_id",
+        (name, kind),
+        conflict=f"an org named {name!r} already exists",
+    )
     return int(row["org_id"])
 
 
 def add_owner(
-    conn: Conn, provider_org_id: int, full_name: str, *, birth_date: date | None = None,
-    email: str | None = None, phone: str | None = None, address: str | None = None,
+    conn: Conn,
+    provider_org_id: int,
+    full_name: str,
+    *,
+    birth_date: date | None = None,
+    email: str | None = None,
+    phone: str | None = None,
+    address: str | None = None,
 ) -> int:
     """Register a device owner (a patient or a car owner) in a provider's care; returns its id."""
     _require_org(conn, provider_org_id, "provider")
@@ -64,9 +74,18 @@ def add_owner(
 
 
 def add_device(
-    conn: Conn, device_id: str, *, kind: str, model: str, provider_org_id: int, vendor_org_id: int,
-    serial: str | None = None, firmware: str = "", owner_id: int | None = None,
-    heartbeat_s: int | None = None, password: str | None = None,
+    conn: Conn,
+    device_id: str,
+    *,
+    kind: str,
+    model: str,
+    provider_org_id: int,
+    vendor_org_id: int,
+    serial: str | None = None,
+    firmware: str = "",
+    owner_id: int | None = None,
+    heartbeat_s: int | None = None,
+    password: str | None = None,
 ) -> DeviceCredentials:
     """Register a device and create its MQTT credentials, returned once."""
     if kind not in DEVICE_KINDS:
@@ -80,8 +99,18 @@ def add_device(
         """INSERT INTO devices (device_id, kind, model, serial, firmware, owner_id, provider_org_id,
                                 vendor_org_id, mqtt_password_hash, heartbeat_s)
            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING device_id""",
-        (device_id, kind, model, serial or device_id.upper(), firmware, owner_id, provider_org_id,
-         vendor_org_id, hash_mqtt_password(password), heartbeat),
+        (
+            device_id,
+            kind,
+            model,
+            serial or device_id.upper(),
+            firmware,
+            owner_id,
+            provider_org_id,
+            vendor_org_id,
+            hash_mqtt_password(password),
+            heartbeat,
+        ),
         conflict=f"a device with id {device_id!r} already exists",
     )
     return DeviceCredentials(device_id, device_id, password)
@@ -94,8 +123,14 @@ def device_credentials(conn: Conn) -> list[tuple[str, str]]:
 
 
 def add_user(
-    conn: Conn, email: str, *, role: str, display_name: str | None = None, org_id: int | None = None,
-    owner_id: int | None = None, password: str | None = None,
+    conn: Conn,
+    email: str,
+    *,
+    role: str,
+    display_name: str | None = None,
+    org_id: int | None = None,
+    owner_id: int | None = None,
+    password: str | None = None,
 ) -> int:
     """Create a user; `password` (optional) enables web login. Returns the user id."""
     if role not in ROLES:
@@ -110,8 +145,14 @@ def add_user(
         conn,
         """INSERT INTO users (email, display_name, role, org_id, owner_id, password_hash)
            VALUES (%s, %s, %s, %s, %s, %s) RETURNING user_id""",
-        (email.lower(), display_name or email.split("@")[0], role, org_id, owner_id,
-         hash_user_password(password) if password else None),
+        (
+            email.lower(),
+            display_name or email.split("@", maxsplit=1)[0],
+            role,
+            org_id,
+            owner_id,
+            hash_user_password(password) if password else None,
+        ),
         conflict=f"a user with e-mail {email!r} already exists",
     )
     return int(row["user_id"])

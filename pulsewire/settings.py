@@ -45,9 +45,7 @@ class Settings(BaseSettings):
         """The database URL, from the environment or the local stack."""
         url = self.database_url or self._stack_value("database_url")
         if not url:
-            raise ConfigError(
-                "no database: set PULSEWIRE_DATABASE_URL or run `pulsewire stack up` first"
-            )
+            raise ConfigError("no database: set PULSEWIRE_DATABASE_URL or run `pulsewire stack up` first")
         return url
 
     def require_mqtt_url(self) -> str:

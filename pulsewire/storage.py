@@ -63,7 +63,10 @@ def list_partitions(conn: psycopg.Connection[dict[str, object]], table: str) -> 
 
 
 def _create_partitions(
-    conn: psycopg.Connection[dict[str, object]], table: str, today: date, oldest: date,
+    conn: psycopg.Connection[dict[str, object]],
+    table: str,
+    today: date,
+    oldest: date,
     report: MaintenanceReport,
 ) -> None:
     existing = set(list_partitions(conn, table))
@@ -74,7 +77,8 @@ def _create_partitions(
         if name not in existing and not _default_holds(conn, table, day):
             conn.execute(
                 sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-                    sql.Identifier(name), sql.Identifier(table),
+                    sql.Identifier(name),
+                    sql.Identifier(table),
                     sql.Literal(f"{day.isoformat()} 00:00:00+00"),
                     sql.Literal(f"{(day + timedelta(days=1)).isoformat()} 00:00:00+00"),
                 )

@@ -31,11 +31,13 @@ class Child:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--simulate", type=int, default=0, metavar="N",
-                        help="also run N simulated devices of both kinds")
+    parser.add_argument(
+        "--simulate", type=int, default=0, metavar="N", help="also run N simulated devices of both kinds"
+    )
     parser.add_argument("--port", type=int, help="dashboard port (default: PULSEWIRE_API_PORT or 8080)")
-    parser.add_argument("--time-scale", type=float, default=60.0,
-                        help="simulated seconds per wall second for the demo fleet")
+    parser.add_argument(
+        "--time-scale", type=float, default=60.0, help="simulated seconds per wall second for the demo fleet"
+    )
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -55,13 +57,15 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 def _child_env(settings: Settings, info: StackInfo, database_url: str, port: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "PULSEWIRE_DATABASE_URL": database_url,
-        "PULSEWIRE_MQTT_URL": settings.mqtt_url or info.mqtt_url,
-        "PULSEWIRE_STATE_DIR": str(settings.state_dir.resolve()),
-        "PULSEWIRE_API_PORT": str(port),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "PULSEWIRE_DATABASE_URL": database_url,
+            "PULSEWIRE_MQTT_URL": settings.mqtt_url or info.mqtt_url,
+            "PULSEWIRE_STATE_DIR": str(settings.state_dir.resolve()),
+            "PULSEWIRE_API_PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -69,8 +73,17 @@ def _start_children(env: dict[str, str], args: argparse.Namespace) -> list[Child
     exe = [sys.executable, "-m", "pulsewire"]
     commands = {"ingest": ["ingest"], "relay": ["relay"], "dashboard": ["dashboard"]}
     if args.simulate:
-        commands["simulate"] = ["simulate", "--kind", "mixed", "--devices", str(args.simulate),
-                                "--duration", "0", "--time-scale", str(args.time_scale)]
+        commands["simulate"] = [
+            "simulate",
+            "--kind",
+            "mixed",
+            "--devices",
+            str(args.simulate),
+            "--duration",
+            "0",
+            "--time-scale",
+            str(args.time_scale),
+        ]
     children = []
     for name, command in commands.items():
         process = subprocess.Popen(exe + command, env=env, start_new_session=True)
@@ -82,7 +95,8 @@ def _print_banner(
     settings: Settings, info: StackInfo, port: int, logins: tuple[demo.DemoLogin, ...], children: list[Child]
 ) -> None:
     lines = [
-        "", "Pulsewire is up.",
+        "",
+        "Pulsewire is up.",
         f"  dashboard   http://{settings.api_host}:{port}/",
         f"  API         http://{settings.api_host}:{port}/api/v1  (OpenAPI at /openapi.json)",
         f"  MQTT        {info.mqtt_url.split('@')[-1]}  (devices log in with their own credentials)",
@@ -90,7 +104,8 @@ def _print_banner(
         "  services    " + ", ".join(f"{c.name} (pid {c.process.pid})" for c in children),
         f"  demo logins (password: {demo.DEMO_PASSWORD})",
         *[f"    {login.email:<28} {login.sees}" for login in logins],
-        "Press Ctrl-C to stop everything.", "",
+        "Press Ctrl-C to stop everything.",
+        "",
     ]
     print("\n".join(lines), flush=True)
 

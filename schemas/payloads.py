@@ -95,7 +95,7 @@ class StatusPayload(_Payload):
 class CommandRequest(_Payload):
     """A command to a device: `pw/v1/dev/{device_id}/cmd`, with MQTT 5 correlation data."""
 
-    schema_: Literal["pulsewire.command/1"] = Field(alias="schema", default=COMMAND_SCHEMA)
+    schema_: Literal["pulsewire.command/1"] = Field(alias="schema", default="pulsewire.command/1")
     command_id: str
     name: Literal["request_transmission", "clear_dtc", "ping"]
     args: dict[str, Any] = Field(default_factory=dict)
@@ -105,7 +105,7 @@ class CommandRequest(_Payload):
 class CommandReply(_Payload):
     """A device's answer: `pw/v1/dev/{device_id}/cmd/reply`, same correlation data."""
 
-    schema_: Literal["pulsewire.command_reply/1"] = Field(alias="schema", default=COMMAND_REPLY_SCHEMA)
+    schema_: Literal["pulsewire.command_reply/1"] = Field(alias="schema", default="pulsewire.command_reply/1")
     command_id: str
     status: Literal["ok", "error"]
     detail: str = ""

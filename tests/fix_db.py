@@ -74,8 +74,13 @@ class World:
         kw.setdefault("model", "Evera XT DR" if kind == "implant" else "OBDLink MX+")
         with connect(self.db_url, autocommit=True) as c:
             creds = registry.add_device(
-                c, device_id, kind=kind, provider_org_id=provider, vendor_org_id=vendor,
-                owner_id=kw.pop("owner_id", owner), **kw,
+                c,
+                device_id,
+                kind=kind,
+                provider_org_id=provider,
+                vendor_org_id=vendor,
+                owner_id=kw.pop("owner_id", owner),
+                **kw,
             )
             self.sync_broker()
         return creds

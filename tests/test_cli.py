@@ -46,17 +46,49 @@ def test_registry_commands_print_json_and_the_device_can_connect(stack_info: Sta
     assert "up to date" in _pulsewire(env, "migrate").stdout
     clinic = _json(_pulsewire(env, "orgs", "add", "CLI Clinic", "--kind", "provider", "--json"))["org_id"]
     vendor = _json(_pulsewire(env, "orgs", "add", "CLI Vendor", "--kind", "vendor", "--json"))["org_id"]
-    device = _json(_pulsewire(env, "devices", "add", "cli-icd-1", "--kind", "implant", "--model", "X",
-                              "--provider", str(clinic), "--vendor", str(vendor), "--json"))
+    device = _json(
+        _pulsewire(
+            env,
+            "devices",
+            "add",
+            "cli-icd-1",
+            "--kind",
+            "implant",
+            "--model",
+            "X",
+            "--provider",
+            str(clinic),
+            "--vendor",
+            str(vendor),
+            "--json",
+        )
+    )
     assert device["device_id"] == device["mqtt_username"] == "cli-icd-1"
-    user = _json(_pulsewire(env, "users", "add", "doc@cli.test", "--role", "provider_staff",
-                            "--org", str(clinic), "--json"))
+    user = _json(
+        _pulsewire(
+            env, "users", "add", "doc@cli.test", "--role", "provider_staff", "--org", str(clinic), "--json"
+        )
+    )
     assert user["token"].startswith("pw_") and isinstance(user["user_id"], int)
 
-    publish = ["mosquitto_pub", "-h", stack_info.mqtt_host, "-p", str(stack_info.mqtt_port), "-V", "mqttv5",
-               "-q", "1", "-t", "pw/v1/dev/cli-icd-1/status", "-m", "online"]
-    ok = subprocess.run([*publish, "-u", "cli-icd-1", "-P", device["mqtt_password"]], capture_output=True,
-                        timeout=30)
+    publish = [
+        "mosquitto_pub",
+        "-h",
+        stack_info.mqtt_host,
+        "-p",
+        str(stack_info.mqtt_port),
+        "-V",
+        "mqttv5",
+        "-q",
+        "1",
+        "-t",
+        "pw/v1/dev/cli-icd-1/status",
+        "-m",
+        "online",
+    ]
+    ok = subprocess.run(
+        [*publish, "-u", "cli-icd-1", "-P", device["mqtt_password"]], capture_output=True, timeout=30
+    )
     assert ok.returncode == 0, ok.stderr
     refused = subprocess.run([*publish, "-u", "cli-icd-1", "-P", "wrong"], capture_output=True, timeout=30)
     assert refused.returncode != 0
@@ -70,8 +102,21 @@ def test_bad_input_is_a_clear_error_not_a_traceback(stack_info: StackInfo, db_ur
     again = _pulsewire(env, "orgs", "add", "Dup Org", "--kind", "provider", check=False)
     assert again.returncode == 1
     assert "already exists" in again.stderr and "Traceback" not in again.stderr
-    missing = _pulsewire(env, "devices", "add", "x-1", "--kind", "vehicle", "--model", "M",
-                         "--provider", "999", "--vendor", "998", check=False)
+    missing = _pulsewire(
+        env,
+        "devices",
+        "add",
+        "x-1",
+        "--kind",
+        "vehicle",
+        "--model",
+        "M",
+        "--provider",
+        "999",
+        "--vendor",
+        "998",
+        check=False,
+    )
     assert missing.returncode == 1 and "no org with id 999" in missing.stderr
 
 

@@ -39,22 +39,24 @@ def test_pw_bucket_matches_date_bin_origin(conn: Conn) -> None:
 
 
 def _insert(conn: Conn, ts: datetime, value: float) -> None:
-    conn.execute("INSERT INTO readings (ts, device_id, metric, value) VALUES (%s, 'd1', 'rpm', %s)", (ts, value))
+    conn.execute(
+        "INSERT INTO readings (ts, device_id, metric, value) VALUES (%s, 'd1', 'rpm', %s)", (ts, value)
+    )
 
 
 def test_partitions_are_created_ahead_and_dropped_by_retention(conn: Conn) -> None:
     first = maintain(conn, retention_days=30, now=datetime(2026, 1, 10, 12, tzinfo=UTC))
     assert "readings_p20260103" in first.created and "readings_p20260117" in first.created
     assert "events_p20260110" in first.created
-    _insert(conn, datetime(2026, 1, 5, 8, tzinfo=UTC), 1.0)     # its own day partition
-    _insert(conn, datetime(2025, 11, 1, 8, tzinfo=UTC), 2.0)    # older than any partition: default
-    _insert(conn, datetime(2026, 2, 25, 8, tzinfo=UTC), 3.0)    # no partition yet: default
+    _insert(conn, datetime(2026, 1, 5, 8, tzinfo=UTC), 1.0)  # its own day partition
+    _insert(conn, datetime(2025, 11, 1, 8, tzinfo=UTC), 2.0)  # older than any partition: default
+    _insert(conn, datetime(2026, 2, 25, 8, tzinfo=UTC), 3.0)  # no partition yet: default
     row = conn.execute("SELECT count(*) AS n FROM readings_default").fetchone()
     assert row is not None and row["n"] == 2
 
     again = maintain(conn, retention_days=30, now=datetime(2026, 1, 10, 12, tzinfo=UTC))
     assert again.created == [] and again.dropped == []
-    assert again.expired_default_rows == 1                # the November row is past retention
+    assert again.expired_default_rows == 1  # the November row is past retention
 
     later = maintain(conn, retention_days=30, now=datetime(2026, 3, 1, tzinfo=UTC))
     assert "readings_p20260105" in later.dropped and "readings_p20260117" in later.dropped
@@ -66,18 +68,23 @@ def test_partitions_are_created_ahead_and_dropped_by_retention(conn: Conn) -> No
 
 
 @pytest.mark.timescale
-@pytest.mark.skipif(not os.environ.get("PULSEWIRE_TEST_TIMESCALE_URL"),
-                    reason="TimescaleDB path: set PULSEWIRE_TEST_TIMESCALE_URL to a server with timescaledb")
+@pytest.mark.skipif(
+    not os.environ.get("PULSEWIRE_TEST_TIMESCALE_URL"),
+    reason="TimescaleDB path: set PULSEWIRE_TEST_TIMESCALE_URL to a server with timescaledb",
+)
 def test_timescale_path_uses_hypertables_and_policies() -> None:
     url = os.environ["PULSEWIRE_TEST_TIMESCALE_URL"]
     migrate(url)
     with connect(url, autocommit=True) as conn:
         assert storage_of(conn) == "timescale"
-        tables = {r["hypertable_name"] for r in conn.execute(
-            "SELECT hypertable_name FROM timescaledb_information.hypertables")}
+        tables = {
+            r["hypertable_name"]
+            for r in conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables")
+        }
         assert {"readings", "events"} <= tables
         jobs = {r["proc_name"] for r in conn.execute("SELECT proc_name FROM timescaledb_information.jobs")}
         assert {"policy_compression", "policy_retention", "policy_refresh_continuous_aggregate"} <= jobs
         row = conn.execute(
-            "SELECT pw_bucket(INTERVAL '15 minutes', timestamptz '2026-11-22 03:07:59+00') AS b").fetchone()
+            "SELECT pw_bucket(INTERVAL '15 minutes', timestamptz '2026-11-22 03:07:59+00') AS b"
+        ).fetchone()
         assert row is not None and row["b"] == datetime(2026, 11, 22, 3, 0, tzinfo=UTC)

@@ -125,8 +125,7 @@ class Mosquitto:
 
         if not wait_for_port(self.port, _START_TIMEOUT_S, still_starting) or not self.running():
             raise StackError(
-                f"Mosquitto did not listen on {LOOPBACK}:{self.port}:\n"
-                f"{_procs.log_tail(self.log)}"
+                f"Mosquitto did not listen on {LOOPBACK}:{self.port}:\n{_procs.log_tail(self.log)}"
             )
 
     def _render_conf(self) -> str:
