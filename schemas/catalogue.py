@@ -80,12 +80,30 @@ CATALOGUE: dict[DeviceKind, dict[str, Metric]] = {
 }
 
 IMPLANT_EVENTS = frozenset(
-    {"af_episode", "vt_episode", "vf_episode", "shock_delivered", "atp_delivered",
-     "battery_status", "device_reset", "transmission", "integrity_fault"}
+    {
+        "af_episode",
+        "vt_episode",
+        "vf_episode",
+        "shock_delivered",
+        "atp_delivered",
+        "battery_status",
+        "device_reset",
+        "transmission",
+        "integrity_fault",
+    }
 )
 VEHICLE_EVENTS = frozenset(
-    {"dtc_set", "dtc_cleared", "mil_on", "mil_off", "ignition_on", "ignition_off",
-     "dongle_unplugged", "dongle_plugged", "heartbeat"}
+    {
+        "dtc_set",
+        "dtc_cleared",
+        "mil_on",
+        "mil_off",
+        "ignition_on",
+        "ignition_off",
+        "dongle_unplugged",
+        "dongle_plugged",
+        "heartbeat",
+    }
 )
 EVENT_TYPES: dict[DeviceKind, frozenset[str]] = {
     DeviceKind.IMPLANT: IMPLANT_EVENTS,
