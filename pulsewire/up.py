@@ -42,7 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     ensure_packages()
-    info = Stack(settings.state_dir).up()
+    stack = Stack(settings.state_dir)
+    before = stack.status()
+    started_stack = before is None or not before.running
+    info = stack.up()
     database_url = settings.database_url or info.database_url
     migrate(database_url)
     with connect(database_url, autocommit=True) as conn:
@@ -52,7 +55,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     env = _child_env(settings, info, database_url, port)
     children = _start_children(env, args)
     _print_banner(settings, info, port, logins, children)
-    return _supervise(children)
+    status = _supervise(children)
+    if started_stack:
+        stack.down()
+        print("Pulsewire stopped, and the local stack with it.")
+    else:
+        print("Pulsewire stopped; the local stack was already running and keeps running.")
+    return status
 
 
 def _child_env(settings: Settings, info: StackInfo, database_url: str, port: int) -> dict[str, str]:
@@ -128,7 +137,6 @@ def _supervise(children: list[Child]) -> int:
                 stopping, status = True, 1
         time.sleep(0.2)
     _stop_children(children)
-    print("Pulsewire stopped. The stack keeps running: `pulsewire stack down` stops it.")
     return status
 
 

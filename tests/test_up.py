@@ -1,0 +1,73 @@
+"""`pulsewire up --simulate N`: the whole system from one command, and Ctrl-C stops all of it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from pulsewire.db import connect
+from pulsewire.stack import Stack
+from tests.fix_stack import new_state_dir
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(predicate: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():  # type: ignore[operator]
+                return
+        except Exception:  # the service is still starting
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_up_runs_everything_and_ctrl_c_stops_it() -> None:
+    state_dir = new_state_dir()
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSEWIRE_")}
+    env.update(PULSEWIRE_STATE_DIR=str(state_dir), PULSEWIRE_API_PORT=str(port))
+    log = (state_dir / "up.log").open("wb")
+    up = subprocess.Popen([sys.executable, "-m", "pulsewire", "up", "--simulate", "2"],
+                          env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200,
+                  90, "the dashboard")
+        info = Stack(state_dir).status()
+        assert info is not None and info.running
+
+        def readings_stored() -> bool:
+            with connect(info.database_url) as conn:
+                row = conn.execute("SELECT count(*) AS n FROM readings").fetchone()
+            return row is not None and int(str(row["n"])) > 0
+
+        _wait_for(readings_stored, 90, "simulated readings to be stored")
+        banner = (state_dir / "up.log").read_text()
+        assert f"http://127.0.0.1:{port}/" in banner and "clinician@demo.pulsewire" in banner
+
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=40) == 0
+        after = Stack(state_dir).status()
+        assert after is not None and not after.postgres_running and not after.broker_running
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        Stack(state_dir).down()
+        log.close()
+        shutil.rmtree(state_dir, ignore_errors=True)
