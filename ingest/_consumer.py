@@ -26,26 +26,40 @@ from pulsewire.settings import MqttTarget
 log = logging.getLogger(__name__)
 
 SHARE_GROUP = "ingest"
-TOPICS = tuple(f"$share/{SHARE_GROUP}/pw/v1/dev/+/{kind}" for kind in ("telemetry", "event", "status"))
+
+
+def shared_topics(group: str = SHARE_GROUP) -> tuple[str, ...]:
+    """The subscriptions of an ingest worker in `group` (workers of one group split the load).
+
+    An empty group means plain subscriptions, for a single worker: Mosquitto 2.0.11 does not
+    restore shared subscriptions from its persistence file, so after a broker restart messages
+    published before the worker has subscribed again are dropped; plain ones are restored.
+    """
+    prefix = f"$share/{group}/" if group else ""
+    return tuple(f"{prefix}pw/v1/dev/+/{kind}" for kind in ("telemetry", "event", "status"))
+
+
 SESSION_EXPIRY_S = 86_400  # QoS 1 messages wait a day for a worker that is down
 RECEIVE_MAXIMUM = 65_535  # unacked messages the broker may send us: the writer batches across them
 KEEPALIVE_S = 30
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30
 
-# topic, payload, mid, qos
-Sink = Callable[[str, bytes, int, int], None]
+# topic, payload, mid, qos, connection number
+Received = tuple[str, bytes, int, int, int]
+Sink = Callable[[Received], None]
 
 
 class Consumer:
     """A persistent, shared-subscription MQTT 5 session whose messages go to `sink`."""
 
     def __init__(
-        self, target: MqttTarget, client_id: str, sink: Sink, topics: Sequence[str] = TOPICS
+        self, target: MqttTarget, client_id: str, sink: Sink, topics: Sequence[str] | None = None
     ) -> None:
         self._target = target
         self._sink = sink
-        self._topics = tuple(topics)
+        self._topics = tuple(topics) if topics is not None else shared_topics()
         self.subscribed = threading.Event()
+        self._connection = 0  # counts connects; acks name the connection a message came on
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
         )
@@ -61,7 +75,7 @@ class Consumer:
 
     def start(self) -> None:
         """Connect in paho's network thread; it reconnects by itself with capped backoff."""
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         props.ReceiveMaximum = RECEIVE_MAXIMUM
         try:
@@ -73,9 +87,13 @@ class Consumer:
             raise BrokerError(f"cannot connect to {self._target.host}:{self._target.port}: {exc}") from exc
         self._client.loop_start()
 
-    def ack(self, mid: int, qos: int) -> None:
-        """Acknowledge one delivered message (after its batch is committed)."""
-        if qos > 0:
+    def ack(self, mid: int, qos: int, connection: int) -> None:
+        """Acknowledge a message (after its batch is committed) received on `connection`.
+
+        A message from an earlier connection is not acknowledged: the broker resends it, and the
+        packet id may by then name another message (the resent copy is deduplicated on write).
+        """
+        if qos > 0 and connection == self._connection:
             self._client.ack(mid, qos)
 
     def stop(self) -> None:
@@ -90,6 +108,7 @@ class Consumer:
         if reason.is_failure:
             log.error("broker refused ingest: %s", reason)
             return
+        self._connection += 1
         log.info("connected to broker (session present: %s)", flags.session_present)
         # Subscribing again on a resumed session is harmless and covers a session the broker lost.
         client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._topics])
@@ -109,8 +128,11 @@ class Consumer:
         properties: Properties | None,
     ) -> None:  # fmt: skip
         self.subscribed.clear()
+        self._connection += 1  # acks still pending for the old connection must not go out on the next
         if reason.is_failure:
             log.warning("disconnected from broker: %s; reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._sink(msg.topic, msg.payload, msg.mid, msg.qos)
+        payload = msg.payload
+        data = payload if isinstance(payload, bytes) else bytes(payload)
+        self._sink((msg.topic, data, msg.mid, msg.qos, self._connection))

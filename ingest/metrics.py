@@ -26,15 +26,21 @@ class IngestMetrics:
                                   registry=r)  # fmt: skip
         self.gaps = Counter("pulsewire_ingest_seq_gaps", "seq gaps recorded", registry=r)
         self.batch_messages = Histogram(
-            "pulsewire_ingest_batch_messages", "messages per committed batch", buckets=_BATCH_SIZES, registry=r
+            "pulsewire_ingest_batch_messages",
+            "messages per committed batch",
+            buckets=_BATCH_SIZES,
+            registry=r,
         )
         self.commit_seconds = Histogram(
             "pulsewire_ingest_batch_commit_seconds", "time to write and commit one batch",
             buckets=_COMMIT_SECONDS, registry=r,
         )  # fmt: skip
-        self.db_retries = Counter("pulsewire_ingest_db_retries", "batch writes retried after a database error",
-                                  registry=r)  # fmt: skip
-        self.queue_depth = Gauge("pulsewire_ingest_queue_depth", "messages waiting for the writer", registry=r)
+        self.db_retries = Counter(
+            "pulsewire_ingest_db_retries", "batch writes retried after a database error", registry=r
+        )
+        self.queue_depth = Gauge(
+            "pulsewire_ingest_queue_depth", "messages waiting for the writer", registry=r
+        )
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         """Report the queue depth by asking for it at scrape time."""

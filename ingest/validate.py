@@ -9,6 +9,7 @@ kind) or the server clock are applied here. A message with one bad reading is qu
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ from schemas.payloads import (
 TOPIC_PREFIX = "pw/v1/dev/"
 MESSAGE_KINDS = ("telemetry", "event", "status")
 _MAX_DETAIL_ITEMS = 3
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # as schemas.payloads.DeviceId
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +86,7 @@ def topic_device(topic: str) -> tuple[str, str] | None:
     if not topic.startswith(TOPIC_PREFIX):
         return None
     parts = topic[len(TOPIC_PREFIX) :].split("/")
-    if len(parts) != 2 or not parts[0] or parts[1] not in MESSAGE_KINDS:
+    if len(parts) != 2 or parts[1] not in MESSAGE_KINDS or not _DEVICE_ID.match(parts[0]):
         return None
     return parts[0], parts[1]
 
@@ -95,8 +97,8 @@ def validate(
     """Check one message against the contract; see the module docstring."""
     where = topic_device(topic)
     if where is None:
-        return Quarantined(topic, None, QuarantineReason.UNKNOWN_TOPIC, "not a pw/v1/dev/{id}/{kind} topic",
-                           payload)  # fmt: skip
+        detail = "not a pw/v1/dev/{device_id}/{telemetry|event|status} topic"
+        return Quarantined(topic, None, QuarantineReason.UNKNOWN_TOPIC, detail, payload)
     device_id, kind = where
 
     def reject(reason: QuarantineReason, detail: str) -> Quarantined:

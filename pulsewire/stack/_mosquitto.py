@@ -148,7 +148,9 @@ class Mosquitto:
             "max_queued_bytes 536870912",
             "memory_limit 2147483648",
             "max_packet_size 2097152",
-            "max_inflight_messages 200",
+            # 0 = no broker cap: an MQTT 5 consumer's Receive Maximum decides (ingest acks after commit,
+            # so a cap of 200 unacked messages would bound it to ~200 messages per batch commit).
+            "max_inflight_messages 0",
             "log_dest stderr",
             # One type per line: Mosquitto ignores all but the first word of a log_type line.
             "log_type error",

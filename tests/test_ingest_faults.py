@@ -1,0 +1,236 @@
+"""Ingest under faults: nothing lost, nothing stored twice (SIGKILL, PostgreSQL down, broker restart,
+two workers on one shared subscription). Real processes, real servers; every test is bounded."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from ingest import IngestService
+from pulsewire.settings import Settings
+from pulsewire.stack import Stack, StackInfo
+from tests.fix_db import World
+from tests.ingest_support import Publisher, start_ingest_process, telemetry, wait_for
+
+pytestmark = pytest.mark.slow
+Conn = psycopg.Connection[dict[str, Any]]
+MESSAGES = 3_000
+READINGS = 5
+
+
+class Stream:
+    """Publishes MESSAGES telemetry messages of READINGS readings from one device, paced, in a thread."""
+
+    def __init__(self, settings: Settings, device_id: str, rate_hz: float = 1_000.0) -> None:
+        self.device_id = device_id
+        self.expected_sum = 0.0
+        self._msgs = []
+        for seq in range(MESSAGES):
+            values = [float(60 + (seq + i) % 100) for i in range(READINGS)]
+            self.expected_sum += sum(values)
+            self._msgs.append(telemetry(device_id, seq, [("heart_rate_bpm", v) for v in values]))
+        self._rate = rate_hz
+        self._pub = Publisher(settings.mqtt())
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Stream:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            chunk = 50
+            for i in range(0, MESSAGES, chunk):
+                started = time.monotonic()
+                self._pub.publish_all(self._msgs[i : i + chunk], timeout_s=90)
+                time.sleep(max(0.0, chunk / self._rate - (time.monotonic() - started)))
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self) -> None:
+        self._thread.join(120)
+        self._pub.close()
+        assert not self._thread.is_alive(), "publisher did not finish"
+        assert self.error is None, f"publisher failed: {self.error!r}"
+
+
+def stored(conn: Conn, device_id: str) -> tuple[int, float, int]:
+    row = conn.execute(
+        "SELECT count(*) AS n, coalesce(sum(value), 0) AS s, "
+        "(SELECT count(*) FROM ingest_log WHERE device_id = %s) AS logged FROM readings WHERE device_id = %s",
+        (device_id, device_id),
+    ).fetchone()
+    assert row is not None
+    return int(row["n"]), float(row["s"]), int(row["logged"])
+
+
+def assert_exactly_once(conn: Conn, stream: Stream, timeout_s: float = 30) -> None:
+    stream.join()
+    wait_for(lambda: stored(conn, stream.device_id)[2] >= MESSAGES, timeout_s,
+             f"every message; stored (rows, sum, messages) = {stored(conn, stream.device_id)}")  # fmt: skip
+    time.sleep(0.5)  # anything stored twice would show up now
+    assert stored(conn, stream.device_id) == (MESSAGES * READINGS, stream.expected_sum, MESSAGES)
+
+
+def wait_landed(conn: Conn, device_id: str, messages: int) -> None:
+    wait_for(lambda: stored(conn, device_id)[2] >= messages, 60, f"{messages} messages of {device_id}")
+
+
+@pytest.fixture
+def in_process(settings: Settings) -> Iterator[IngestService]:
+    fast = settings.model_copy(update={"flush_interval_ms": 20})
+    svc = IngestService(fast, client_id=f"t-fault-{secrets.token_hex(3)}", share_group=secrets.token_hex(4))
+    svc.start()
+    assert svc.wait_subscribed(15)
+    yield svc
+    svc.stop()
+
+
+def probe_until_subscribed(settings: Settings, conn: Conn, device_id: str) -> None:
+    """Publish probes (boot `probe`) until one lands: then the worker's subscription exists."""
+    pub = Publisher(settings.mqtt())
+    try:
+        deadline = time.monotonic() + 30
+        for seq in range(300):
+            pub.publish_all([telemetry(device_id, seq, [("heart_rate_bpm", 60.0)], boot_id="probe")])
+            time.sleep(0.2)
+            row = conn.execute("SELECT count(*) AS n FROM ingest_log WHERE boot_id = 'probe'").fetchone()
+            if row and row["n"]:
+                conn.execute("DELETE FROM ingest_log WHERE boot_id = 'probe'")
+                conn.execute("DELETE FROM readings WHERE device_id = %s", (device_id,))
+                return
+            assert time.monotonic() < deadline, "ingest process never subscribed"
+    finally:
+        pub.close()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(30)
+
+
+def test_sigkill_mid_stream_then_restart_stores_everything_once(
+    world: World, settings: Settings, stack_info: StackInfo, conn: Conn, tmp_path: Path
+) -> None:
+    world.add_device("imp-kill", "implant")
+    group, client_id = secrets.token_hex(4), f"t-kill-{secrets.token_hex(3)}"
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return start_ingest_process(
+            settings.require_database_url(),
+            stack_info.mqtt_url,
+            tmp_path,
+            client_id=client_id,
+            share_group=group,
+            log_path=tmp_path / "ingest.log",
+        )
+
+    proc = spawn()
+    try:
+        probe_until_subscribed(settings, conn, "imp-kill")
+        stream = Stream(settings, "imp-kill").start()
+        wait_landed(conn, "imp-kill", MESSAGES // 3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        time.sleep(0.5)
+        proc = spawn()  # same client id: resumes the session and its unacked messages
+        assert_exactly_once(conn, stream)
+        assert stop(proc) == 0, (tmp_path / "ingest.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_postgres_down_for_seconds_loses_nothing(
+    world: World, settings: Settings, stack: Stack, conn: Conn, in_process: IngestService
+) -> None:
+    world.add_device("imp-pg", "implant")
+    stream = Stream(settings, "imp-pg").start()
+    wait_landed(conn, "imp-pg", MESSAGES // 3)
+    conn.close()
+    stack.stop_postgres()
+    try:
+        time.sleep(3)
+    finally:
+        stack.start_postgres()
+    with psycopg.connect(
+        settings.require_database_url(), autocommit=True, row_factory=psycopg.rows.dict_row
+    ) as c:
+        assert_exactly_once(c, stream)
+    assert in_process.metrics.db_retries._value.get() > 0
+    assert in_process.alive
+
+
+def test_broker_restart_mid_stream_loses_nothing(
+    world: World, settings: Settings, stack: Stack, conn: Conn
+) -> None:
+    # A single worker on plain subscriptions: Mosquitto 2.0.11 restores those from its persistence
+    # file, but not shared ones (see ingest._consumer.shared_topics).
+    world.add_device("imp-brk", "implant")
+    client_id = f"t-brk-{secrets.token_hex(3)}"
+    svc = IngestService(
+        settings.model_copy(update={"flush_interval_ms": 20}), client_id=client_id, share_group=""
+    )
+    svc.start()
+    try:
+        assert svc.wait_subscribed(15)
+        stream = Stream(settings, "imp-brk").start()
+        wait_landed(conn, "imp-brk", MESSAGES // 3)
+        stack.restart_broker()
+        assert_exactly_once(conn, stream)
+        assert svc.alive
+    finally:
+        svc.stop()
+        forget_session(settings, client_id)
+
+
+def forget_session(settings: Settings, client_id: str) -> None:
+    """End a persistent session, so it does not collect every later test's messages."""
+    target = settings.mqtt()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set(target.username, target.password)
+    client.connect(target.host, target.port, clean_start=True)
+    client.loop_start()
+    client.disconnect()
+    client.loop_stop()
+
+
+def test_two_workers_on_the_shared_subscription_store_everything_once(
+    world: World, settings: Settings, stack_info: StackInfo, conn: Conn, tmp_path: Path
+) -> None:
+    world.add_device("imp-two", "implant")
+    group = secrets.token_hex(4)
+    procs = [
+        start_ingest_process(
+            settings.require_database_url(),
+            stack_info.mqtt_url,
+            tmp_path,
+            client_id=f"t-two-{i}-{secrets.token_hex(3)}",
+            share_group=group,
+            log_path=tmp_path / f"ingest{i}.log",
+        )
+        for i in range(2)
+    ]
+    try:
+        probe_until_subscribed(settings, conn, "imp-two")
+        time.sleep(1.0)  # the second worker subscribes about as fast as the first
+        assert_exactly_once(conn, Stream(settings, "imp-two", rate_hz=2_000).start())
+        assert [stop(p) for p in procs] == [0, 0]
+        logs = [(tmp_path / f"ingest{i}.log").read_text() for i in range(2)]
+        assert all("Traceback" not in text for text in logs), logs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
