@@ -72,7 +72,10 @@ class MqttLink:
     """A device's MQTT connection: publish with bounded in-flight QoS 1, receive commands."""
 
     def __init__(
-        self, config: LinkConfig, counters: Counters, on_message: Callable[[Incoming], None] | None = None,
+        self,
+        config: LinkConfig,
+        counters: Counters,
+        on_message: Callable[[Incoming], None] | None = None,
     ) -> None:
         self.config = config
         self.counters = counters
@@ -86,6 +89,8 @@ class MqttLink:
         self._backoff_s = RECONNECT_MIN_S
         self._misc: asyncio.TimerHandle | None = None
         self._fd: int | None = None
+        self._writing = False
+        self._socket_closed = asyncio.Event()
         self._client = self._build_client()
 
     def _build_client(self) -> mqtt.Client:
@@ -119,13 +124,20 @@ class MqttLink:
 
     async def connect(self, timeout_s: float = 10.0) -> None:
         """Connect (clean start the first time only) and wait for the broker's CONNACK."""
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         try:
-            self._client.connect(self.config.host, self.config.port, self.config.keepalive_s,
-                                 clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props)
+            self._client.connect(
+                self.config.host,
+                self.config.port,
+                self.config.keepalive_s,
+                clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                properties=props,
+            )
         except OSError as exc:
-            raise BrokerError(f"cannot reach the broker at {self.config.host}:{self.config.port}: {exc}") from exc
+            raise BrokerError(
+                f"cannot reach the broker at {self.config.host}:{self.config.port}: {exc}"
+            ) from exc
         try:
             async with asyncio.timeout(timeout_s):
                 await self._first_connect
@@ -148,9 +160,22 @@ class MqttLink:
             return
         self.counters.published += 1
 
+    def try_publish(self, topic: str, payload: bytes) -> bool:
+        """Send one QoS 1 message unless `max_inflight` are unacknowledged (then False, nothing sent)."""
+        if self._inflight >= self.config.max_inflight or not self.connected:
+            return False
+        self._inflight += 1
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._inflight -= 1
+            self._error(f"publish to {topic}: {mqtt.error_string(info.rc)}")
+            return False
+        self.counters.published += 1
+        return True
+
     def reply(self, topic: str, payload: bytes, correlation_data: bytes | None) -> None:
         """Publish a command reply carrying the request's correlation data."""
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if correlation_data is not None:
             props.CorrelationData = correlation_data
         self._inflight += 1
@@ -175,8 +200,14 @@ class MqttLink:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
+    def abort(self) -> None:
+        """Go away for good without DISCONNECT (a device losing power): the broker sends the Will."""
+        self._closing = True
+        self.drop()
+        self._teardown()
+
     async def close(self, last_words: tuple[str, bytes] | None = None) -> None:
-        """Clean disconnect; `last_words` (topic, payload) is published retained first (the Will is not sent)."""
+        """Clean disconnect; `last_words` (topic, payload) go out retained first, as the Will will not."""
         self._closing = True
         if last_words and self.connected:
             await self.publish(last_words[0], last_words[1], retain=True)
@@ -186,8 +217,7 @@ class MqttLink:
             # DISCONNECT goes out on the next write; wait for paho to close the socket after it.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
-                    while self._fd is not None:
-                        await asyncio.sleep(0.005)
+                    await self._socket_closed.wait()
         self._teardown()
 
     # -- paho callbacks (run inside the event loop, from loop_read/loop_write/loop_misc) --
@@ -197,7 +227,8 @@ class MqttLink:
             self._closing = True
             if not self._first_connect.done():
                 self._first_connect.set_exception(
-                    BrokerError(f"{self.config.username}: broker refused the connection: {rc}"))
+                    BrokerError(f"{self.config.username}: broker refused the connection: {rc}")
+                )
             return
         self._connected.set()
         self._backoff_s = RECONNECT_MIN_S
@@ -238,29 +269,45 @@ class MqttLink:
         if self._on_message is None:
             return
         props = msg.properties
-        self._on_message(Incoming(
-            topic=msg.topic, payload=bytes(msg.payload),
-            response_topic=getattr(props, "ResponseTopic", None),
-            correlation_data=getattr(props, "CorrelationData", None),
-        ))
+        self._on_message(
+            Incoming(
+                topic=msg.topic,
+                payload=bytes(msg.payload),
+                response_topic=getattr(props, "ResponseTopic", None),
+                correlation_data=getattr(props, "CorrelationData", None),
+            )
+        )
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._socket_closed.clear()
         self._fd = sock.fileno()
         self._loop.add_reader(self._fd, client.loop_read)
         if self._misc is None:
             self._misc = self._loop.call_later(MISC_INTERVAL_S, self._tick)
 
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._socket_closed.set()
         if self._fd is not None:
             self._loop.remove_reader(self._fd)
             self._loop.remove_writer(self._fd)
             self._fd = None
 
     def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._loop.add_writer(sock.fileno(), client.loop_write)
+        # Try the non-blocking send at once: on loopback it nearly always completes, which saves
+        # two epoll_ctl calls and a loop turn per message. Only a full socket buffer waits for the loop.
+        if self._writing:
+            return
+        self._writing = True
+        try:
+            client.loop_write()
+        finally:
+            self._writing = False
+        if client.want_write() and self._fd is not None:
+            self._loop.add_writer(self._fd, client.loop_write)
 
     def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._loop.remove_writer(sock.fileno())
+        if self._fd is not None:
+            self._loop.remove_writer(self._fd)
 
     def _tick(self) -> None:
         # Keepalive pings and retries; a timer handle per link is far cheaper than a task.

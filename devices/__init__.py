@@ -1,0 +1,1 @@
+"""Device-side code: the simulator that stands in for implants and vehicles."""

@@ -1,0 +1,140 @@
+"""`pulsewire simulate`: a simulated fleet against the configured broker, with a live display.
+
+Without `--scenario`, every device streams live telemetry at `--rate` messages per second for
+`--duration` seconds (load mode). With `--scenario NAME`, every device plays that scenario in
+compressed event time and the summary lists the alerts it must produce.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+from devices.simulator.fleet import Fleet, summary_line
+from devices.simulator.registration import ensure_devices
+from devices.simulator.runner import DeviceLogin, run_scenario
+from devices.simulator.scenarios import available, load
+from devices.simulator.transport import Counters
+from pulsewire.settings import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `pulsewire simulate`."""
+    parser.add_argument("--kind", choices=["implant", "vehicle", "mixed"], default="mixed")
+    parser.add_argument("--devices", type=int, default=10, help="fleet size")
+    parser.add_argument("--rate", type=float, default=1.0, help="messages per second per device (load mode)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load (load mode)")
+    parser.add_argument(
+        "--readings-per-message", type=int, default=1, help="readings per message (load mode)"
+    )
+    parser.add_argument("--scenario", help=f"play a scenario: {', '.join(available())}")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--time-scale", type=float, help="event seconds per wall second (scenario mode)")
+    parser.add_argument("--max-inflight", type=int, default=50, help="unacknowledged messages per device")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary at the end")
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Register (or reuse) the devices, run, print the summary; 0 when nothing failed."""
+    scenario = load(args.scenario) if args.scenario else None
+    kind = scenario.kind if scenario else args.kind
+    kinds = [
+        ("implant" if i % 2 == 0 else "vehicle") if kind == "mixed" else kind for i in range(args.devices)
+    ]
+    logins = ensure_devices(settings, kinds)
+    runner = _scenario_main(settings, args, logins) if args.scenario else _load_main(settings, args, logins)
+    summary = asyncio.run(runner)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>20}: {value}")
+    return 0 if summary.get("errors", 0) == 0 else 1
+
+
+class _Display:
+    """Counters once a second: rewritten in place on a terminal, plain lines otherwise."""
+
+    def __init__(self, counters: Counters, quiet: bool) -> None:
+        self.counters, self.quiet = counters, quiet
+        self.tty = sys.stdout.isatty()
+        self.previous, self.at = 0, time.monotonic()
+
+    def __call__(self, counters: Counters) -> None:
+        now = time.monotonic()
+        line = summary_line(counters, self.previous, now - self.at)
+        self.previous, self.at = counters.published, now
+        if not self.quiet:
+            sys.stderr.write(f"\r{line}" if self.tty else f"{line}\n")
+            sys.stderr.flush()
+
+    async def every_second(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self(self.counters)
+
+
+async def _load_main(
+    settings: Settings, args: argparse.Namespace, logins: list[DeviceLogin]
+) -> dict[str, Any]:
+    fleet = Fleet(logins, settings.mqtt(), seed=args.seed, max_inflight=args.max_inflight)
+    display = _Display(fleet.counters, quiet=False)
+    await fleet.connect()
+    try:
+        report = await fleet.run_load(
+            args.rate, args.duration, readings_per_message=args.readings_per_message, on_tick=display
+        )
+    finally:
+        await fleet.close()
+    if display.tty:
+        sys.stderr.write("\n")
+    return {"mode": "load", **report.to_json()}
+
+
+async def _scenario_main(
+    settings: Settings, args: argparse.Namespace, logins: list[DeviceLogin]
+) -> dict[str, Any]:
+    scenario = load(args.scenario)
+    counters = Counters()
+    display = _Display(counters, quiet=False)
+    ticker = asyncio.create_task(display.every_second())
+    began = time.monotonic()
+    try:
+        runs = await asyncio.gather(
+            *(
+                run_scenario(
+                    scenario,
+                    login,
+                    settings.mqtt(),
+                    seed=args.seed + i,
+                    time_scale=args.time_scale,
+                    counters=counters,
+                )
+                for i, login in enumerate(logins)
+            )
+        )
+    finally:
+        ticker.cancel()
+    elapsed = time.monotonic() - began
+    if display.tty:
+        sys.stderr.write("\n")
+    return {
+        "mode": "scenario",
+        "scenario": scenario.name,
+        "devices": len(logins),
+        "published": counters.published,
+        "acknowledged": counters.acknowledged,
+        "errors": counters.errors,
+        "reconnects": counters.reconnects,
+        "duration_s": round(elapsed, 3),
+        "msg_per_s": round(counters.published / elapsed, 1) if elapsed else 0.0,
+        "readings": sum(sum(r.expected_readings().values()) for r in runs),
+        "quarantine_expected": sum(len(r.expected_quarantine()) for r in runs),
+        "expected_alerts": [a.to_json() for a in scenario.expect],
+        "device_ids": [r.device_id for r in runs][:20],
+        "last_error": counters.last_error,
+    }

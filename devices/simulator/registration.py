@@ -1,0 +1,116 @@
+"""Registering simulated devices in the configured database, once, for `pulsewire simulate`.
+
+Demo orgs and owners are created when missing and reused otherwise; device ids are
+`sim-icd-000001` / `sim-veh-000001`. Their generated passwords are kept in
+`<state_dir>/simulator/credentials.json` (mode 0600) so a re-run logs in as the same devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from devices.simulator.runner import DeviceLogin
+from pulsewire import registry
+from pulsewire.brokerauth import hash_password, new_password
+from pulsewire.db import connect
+from pulsewire.settings import Settings
+
+ORGS = {
+    "Demo Clinic": "provider",
+    "Demo Garage": "provider",
+    "Demo Implant Vendor": "vendor",
+    "Demo Dongle Vendor": "vendor",
+}
+PROVIDER = {
+    "implant": ("Demo Clinic", "Demo Implant Vendor", "Demo Patient", "ICD sim DR"),
+    "vehicle": ("Demo Garage", "Demo Dongle Vendor", "Demo Driver", "OBD sim dongle"),
+}
+SHORT = {"implant": "icd", "vehicle": "veh"}
+
+
+def credentials_path(state_dir: Path) -> Path:
+    """Where the simulator keeps its devices' passwords."""
+    return state_dir / "simulator" / "credentials.json"
+
+
+def ensure_devices(settings: Settings, kinds: list[str]) -> list[DeviceLogin]:
+    """Logins for devices of `kinds` (one entry per device), registering those that are missing."""
+    path = credentials_path(settings.state_dir)
+    saved = _read(path)
+    logins: list[DeviceLogin] = []
+    counts = dict.fromkeys(SHORT, 0)
+    changed = False
+    with connect(settings.require_database_url(), autocommit=True) as conn:
+        orgs = _ensure_orgs(conn)
+        existing = {
+            r["device_id"] for r in conn.execute("SELECT device_id FROM devices WHERE device_id LIKE 'sim-%'")
+        }
+        for kind in kinds:
+            counts[kind] += 1
+            device_id = f"sim-{SHORT[kind]}-{counts[kind]:06d}"
+            password = saved.get(device_id)
+            if device_id not in existing:
+                provider, vendor, owner, model = PROVIDER[kind]
+                owner_id = _ensure_owner(conn, orgs[provider], owner)
+                password = registry.add_device(
+                    conn,
+                    device_id,
+                    kind=kind,
+                    model=model,
+                    provider_org_id=orgs[provider],
+                    vendor_org_id=orgs[vendor],
+                    owner_id=owner_id,
+                ).mqtt_password
+                changed = True
+            elif password is None:
+                # Registered by an earlier run whose credentials file is gone: give it a new password.
+                password = new_password()
+                conn.execute(
+                    "UPDATE devices SET mqtt_password_hash = %s WHERE device_id = %s",
+                    (hash_password(password), device_id),
+                )
+                changed = True
+            saved[device_id] = password
+            logins.append(DeviceLogin(device_id, kind, password))
+        if changed:
+            _write(path, saved)
+            registry.sync_broker_auth(conn, settings.state_dir)
+    return logins
+
+
+def _ensure_orgs(conn: registry.Conn) -> dict[str, int]:
+    rows = conn.execute("SELECT org_id, name FROM orgs WHERE name = ANY(%s)", (list(ORGS),)).fetchall()
+    ids = {str(r["name"]): int(r["org_id"]) for r in rows}
+    for name, kind in ORGS.items():
+        if name not in ids:
+            ids[name] = registry.add_org(conn, name, kind)
+    return ids
+
+
+def _ensure_owner(conn: registry.Conn, provider_id: int, name: str) -> int:
+    row = conn.execute(
+        "SELECT owner_id FROM owners WHERE provider_org_id = %s AND full_name = %s", (provider_id, name)
+    ).fetchone()
+    if row is not None:
+        return int(row["owner_id"])
+    return registry.add_owner(conn, provider_id, name, email=f"{name.lower().replace(' ', '.')}@example.org")
+
+
+def _read(path: Path) -> dict[str, str]:
+    try:
+        data: Any = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _write(path: Path, saved: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(saved, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
