@@ -116,6 +116,18 @@ def add_device(
     return DeviceCredentials(device_id, device_id, password)
 
 
+def reset_device_password(conn: Conn, device_id: str) -> DeviceCredentials:
+    """Give a device a new MQTT password, returned once (the old one stops working at the next sync)."""
+    password = new_password()
+    cur = conn.execute(
+        "UPDATE devices SET mqtt_password_hash = %s WHERE device_id = %s",
+        (hash_mqtt_password(password), device_id),
+    )
+    if cur.rowcount != 1:
+        raise RegistryError(f"no device with id {device_id!r}")
+    return DeviceCredentials(device_id, device_id, password)
+
+
 def device_credentials(conn: Conn) -> list[tuple[str, str]]:
     """(device_id, Mosquitto password hash) of every device, for the broker's password file."""
     rows = conn.execute("SELECT device_id, mqtt_password_hash FROM devices ORDER BY device_id")

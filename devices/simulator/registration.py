@@ -13,20 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from devices.simulator.runner import DeviceLogin
-from pulsewire import registry
-from pulsewire.brokerauth import hash_password, new_password
+from pulsewire import demo, registry
 from pulsewire.db import connect
 from pulsewire.settings import Settings
 
 ORGS = {
-    "Demo Clinic": "provider",
-    "Demo Garage": "provider",
-    "Demo Implant Vendor": "vendor",
-    "Demo Dongle Vendor": "vendor",
+    demo.CLINIC: "provider",
+    demo.GARAGE: "provider",
+    demo.IMPLANT_VENDOR: "vendor",
+    demo.DONGLE_VENDOR: "vendor",
 }
 PROVIDER = {
-    "implant": ("Demo Clinic", "Demo Implant Vendor", "Demo Patient", "ICD sim DR"),
-    "vehicle": ("Demo Garage", "Demo Dongle Vendor", "Demo Driver", "OBD sim dongle"),
+    "implant": (demo.CLINIC, demo.IMPLANT_VENDOR, demo.PATIENT, "ICD sim DR"),
+    "vehicle": (demo.GARAGE, demo.DONGLE_VENDOR, demo.DRIVER, "OBD sim dongle"),
 }
 SHORT = {"implant": "icd", "vehicle": "veh"}
 
@@ -54,7 +53,7 @@ def ensure_devices(settings: Settings, kinds: list[str]) -> list[DeviceLogin]:
             password = saved.get(device_id)
             if device_id not in existing:
                 provider, vendor, owner, model = PROVIDER[kind]
-                owner_id = _ensure_owner(conn, orgs[provider], owner)
+                owner_id = demo.owner_id(conn, orgs[provider], owner)
                 password = registry.add_device(
                     conn,
                     device_id,
@@ -67,11 +66,7 @@ def ensure_devices(settings: Settings, kinds: list[str]) -> list[DeviceLogin]:
                 changed = True
             elif password is None:
                 # Registered by an earlier run whose credentials file is gone: give it a new password.
-                password = new_password()
-                conn.execute(
-                    "UPDATE devices SET mqtt_password_hash = %s WHERE device_id = %s",
-                    (hash_password(password), device_id),
-                )
+                password = registry.reset_device_password(conn, device_id).mqtt_password
                 changed = True
             saved[device_id] = password
             logins.append(DeviceLogin(device_id, kind, password))
@@ -82,21 +77,7 @@ def ensure_devices(settings: Settings, kinds: list[str]) -> list[DeviceLogin]:
 
 
 def _ensure_orgs(conn: registry.Conn) -> dict[str, int]:
-    rows = conn.execute("SELECT org_id, name FROM orgs WHERE name = ANY(%s)", (list(ORGS),)).fetchall()
-    ids = {str(r["name"]): int(r["org_id"]) for r in rows}
-    for name, kind in ORGS.items():
-        if name not in ids:
-            ids[name] = registry.add_org(conn, name, kind)
-    return ids
-
-
-def _ensure_owner(conn: registry.Conn, provider_id: int, name: str) -> int:
-    row = conn.execute(
-        "SELECT owner_id FROM owners WHERE provider_org_id = %s AND full_name = %s", (provider_id, name)
-    ).fetchone()
-    if row is not None:
-        return int(row["owner_id"])
-    return registry.add_owner(conn, provider_id, name, email=f"{name.lower().replace(' ', '.')}@example.org")
+    return {name: demo.org_id(conn, name, kind) for name, kind in ORGS.items()}
 
 
 def _read(path: Path) -> dict[str, str]:
