@@ -6,18 +6,20 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import cast
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from psycopg_pool import AsyncConnectionPool
 
 from dashboards.auth import SessionConfig
 from dashboards.commands import CommandService
 from dashboards.errors import ERROR_RESPONSES, install_handlers
+from dashboards.queries import AConn
 from pulsewire import db
 from pulsewire.settings import Settings
 
 log = logging.getLogger("pulsewire.dashboards")
-API_PREFIX = "/api/v1"
 
 
 def create_app(settings: Settings, *, command_timeout_s: float = 120.0) -> FastAPI:
@@ -31,7 +33,9 @@ def create_app(settings: Settings, *, command_timeout_s: float = 120.0) -> FastA
         await pool.open(wait=False)
         sync_pool.open(wait=False)
         app.state.pool, app.state.sync_pool = pool, sync_pool
-        commands = CommandService(settings, pool, timeout_s=command_timeout_s)
+        commands = CommandService(
+            settings, cast("AsyncConnectionPool[AConn]", pool), timeout_s=command_timeout_s
+        )
         app.state.commands = commands
         try:
             async with commands.running():
@@ -41,7 +45,9 @@ def create_app(settings: Settings, *, command_timeout_s: float = 120.0) -> FastA
             sync_pool.close()
 
     app = FastAPI(
-        title="Pulsewire", version="1.0.0", lifespan=lifespan,
+        title="Pulsewire",
+        version="1.0.0",
+        lifespan=lifespan,
         description="Telemetry and alerts of connected devices, scoped to the caller's org and role.",
     )
     app.state.settings = settings
@@ -49,26 +55,42 @@ def create_app(settings: Settings, *, command_timeout_s: float = 120.0) -> FastA
     install_handlers(app)
     _install_metrics(app)
     _include_routers(app)
+    _install_web(app)
     return app
 
 
+def _install_web(app: FastAPI) -> None:
+    # The web pages (login, fleet, device, inbox) are built on the same queries and auth.
+    from dashboards import web
+
+    web.install(app)
+
+
 def _include_routers(app: FastAPI) -> None:
-    from dashboards.api import account, admin, alerts, commands, contact, devices, system
+    from dashboards.api import account, admin, alerts, commands, contact, devices, relay_admin, system
 
     app.include_router(system.router)
-    for module in (account, devices, commands, contact, alerts, admin):
-        app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
+    for module in (account, devices, commands, contact, alerts, relay_admin, admin):
+        app.include_router(module.router, responses=ERROR_RESPONSES)
 
 
 def _install_metrics(app: FastAPI) -> None:
     # One registry per app, so several apps (tests) in one process do not collide.
     registry = CollectorRegistry()
     app.state.metrics_registry = registry
-    requests = Counter("pulsewire_http_requests_total", "HTTP requests served",
-                       ["method", "route", "status"], registry=registry)
-    latency = Histogram("pulsewire_http_request_duration_seconds", "HTTP request latency",
-                        ["method", "route"], registry=registry,
-                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+    requests = Counter(
+        "pulsewire_http_requests_total",
+        "HTTP requests served",
+        ["method", "route", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "pulsewire_http_request_duration_seconds",
+        "HTTP request latency",
+        ["method", "route"],
+        registry=registry,
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    )
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -79,6 +101,11 @@ def _install_metrics(app: FastAPI) -> None:
             status = response.status_code
             return response
         finally:
-            route = getattr(request.scope.get("route"), "path", "unmatched")
+            route = _route_label(request)
             requests.labels(request.method, route, str(status)).inc()
             latency.labels(request.method, route).observe(time.perf_counter() - started)
+
+
+def _route_label(request: Request) -> str:
+    # The route template, not the raw path, so ids do not explode the label set.
+    return str(getattr(request.scope.get("route"), "path", "unmatched"))

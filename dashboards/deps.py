@@ -10,14 +10,22 @@ import psycopg_pool
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from dashboards.auth import SESSION_COOKIE, Principal, SessionConfig, principal_from_session, principal_from_token
+from dashboards.auth import (
+    SESSION_COOKIE,
+    Principal,
+    SessionConfig,
+    principal_from_session,
+    principal_from_token,
+)
 from dashboards.errors import ApiError
 from dashboards.queries import AConn, PageRequest
 from pulsewire.errors import DatabaseError
 from pulsewire.settings import Settings
 
 MAX_PAGE = 500
-_bearer = HTTPBearer(auto_error=False, description="an API token (`pulsewire users add` or POST /api/v1/tokens)")
+_bearer = HTTPBearer(
+    auto_error=False, description="an API token (`pulsewire users add` or POST /api/v1/tokens)"
+)
 
 
 def get_settings(request: Request) -> Settings:
@@ -34,7 +42,7 @@ def get_session_config(request: Request) -> SessionConfig:
 
 async def get_conn(request: Request) -> AsyncIterator[AConn]:
     """A pooled connection inside one transaction: committed when the route returns, else rolled back."""
-    pool: psycopg_pool.AsyncConnectionPool = request.app.state.pool
+    pool: psycopg_pool.AsyncConnectionPool[AConn] = request.app.state.pool
     try:
         async with pool.connection(timeout=5) as conn:
             yield conn
@@ -42,11 +50,14 @@ async def get_conn(request: Request) -> AsyncIterator[AConn]:
         raise DatabaseError(f"database unavailable: {exc}") from exc
 
 
-Conn = Annotated[AConn, Depends(get_conn)]
+# "function" scope: the transaction commits before the response leaves, so a client that acts on
+# a response always finds its effects, and a streaming response holds no connection.
+Conn = Annotated[AConn, Depends(get_conn, scope="function")]
 
 
 async def get_principal(
-    request: Request, conn: Conn,
+    request: Request,
+    conn: Conn,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """The caller, from a bearer token or a web session cookie; 401 otherwise."""
@@ -56,8 +67,7 @@ async def get_principal(
     elif cookie := request.cookies.get(SESSION_COOKIE):
         principal = await principal_from_session(conn, get_session_config(request), cookie)
     if principal is None:
-        raise ApiError(401, "missing, invalid or revoked credentials",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(401, "missing, invalid or revoked credentials", headers={"WWW-Authenticate": "Bearer"})
     request.state.principal = principal
     return principal
 

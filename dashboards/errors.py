@@ -13,15 +13,23 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg import DataError
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pulsewire.errors import BrokerError, DatabaseError, PulsewireError
 
 log = logging.getLogger("pulsewire.dashboards")
 
 _DEFAULT_CODES = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 409: "conflict", 422: "invalid_input", 503: "unavailable",
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    422: "invalid_input",
+    503: "unavailable",
 }
 
 
@@ -43,7 +51,12 @@ class ApiError(HTTPException):
     """An error the API returns on purpose, with a machine-readable code."""
 
     def __init__(
-        self, status_code: int, message: str, *, code: str | None = None, details: Any = None,
+        self,
+        status_code: int,
+        message: str,
+        *,
+        code: str | None = None,
+        details: Any = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(status_code=status_code, detail=message, headers=headers)
@@ -75,11 +88,16 @@ def error_response(
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
+    assert isinstance(exc, StarletteHTTPException)
     code = getattr(exc, "code", None) or _DEFAULT_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
-    return error_response(exc.status_code, code, message, getattr(exc, "details", None),
-                          dict(exc.headers) if exc.headers else None)
+    return error_response(
+        exc.status_code,
+        code,
+        message,
+        getattr(exc, "details", None),
+        dict(exc.headers) if exc.headers else None,
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -90,8 +108,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     ]
     first = details[0] if details else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"])
-    return error_response(422, "invalid_input", f"{where}: {first['msg']}" if where else first["msg"],
-                          details)
+    message = str(first["msg"])
+    return error_response(422, "invalid_input", f"{where}: {message}" if where else message, details)
 
 
 async def _pulsewire_error(request: Request, exc: Exception) -> JSONResponse:
@@ -99,6 +117,11 @@ async def _pulsewire_error(request: Request, exc: Exception) -> JSONResponse:
         log.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, exc)
         return error_response(503, "unavailable", str(exc))
     return error_response(422, "invalid_input", str(exc))
+
+
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    # PostgreSQL refused a value (out-of-range time, NUL byte in text): the input's fault.
+    return error_response(422, "invalid_input", f"invalid value: {str(exc).splitlines()[0]}")
 
 
 async def _bug(request: Request, exc: Exception) -> JSONResponse:
@@ -109,7 +132,10 @@ async def _bug(request: Request, exc: Exception) -> JSONResponse:
 
 def install_handlers(app: FastAPI) -> None:
     """Route every error through the one body shape."""
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    # Also under FastAPI's subclass, so the web pages can wrap it (HTML for browsers, JSON for /api).
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(PulsewireError, _pulsewire_error)
     app.add_exception_handler(Exception, _bug)
@@ -118,7 +144,9 @@ def install_handlers(app: FastAPI) -> None:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in (
-        (401, "missing or invalid credentials"), (403, "not allowed for this role"),
-        (404, "not found (or another tenant's)"), (422, "invalid input"),
+        (401, "missing or invalid credentials"),
+        (403, "not allowed for this role"),
+        (404, "not found (or another tenant's)"),
+        (422, "invalid input"),
     )
 }

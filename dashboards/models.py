@@ -89,8 +89,9 @@ class DeviceCreate(_Model):
     kind: Literal["implant", "vehicle"]
     model: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     vendor_org_id: int = Field(ge=1, le=2**62)
-    provider_org_id: int | None = Field(default=None, ge=1, le=2**62,
-                                        description="defaults to the caller's org for provider staff")
+    provider_org_id: int | None = Field(
+        default=None, ge=1, le=2**62, description="defaults to the caller's org for provider staff"
+    )
     serial: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     firmware: Text200 = ""
     owner_id: int | None = Field(default=None, ge=1, le=2**62)

@@ -53,8 +53,8 @@
     if (a.detail) title.appendChild(el("div", "muted small", a.detail));
     cell(tr, "Alert", title);
     if (!table.dataset.device) {
-      var link = el("a", "", a.device_id);
-      link.href = "/devices/" + encodeURIComponent(a.device_id);
+      var link = el(a.device_id ? "a" : "span", "", a.device_label);
+      if (a.device_id) link.href = "/devices/" + encodeURIComponent(a.device_id);
       cell(tr, "Device", link);
     }
     cell(tr, "Class", cap(a.alert_class));
@@ -62,7 +62,7 @@
     time.dateTime = a.opened_at || "";
     cell(tr, "Since", time);
     cell(tr, "State", null, "state-cell");
-    if (table.dataset.canAct === "true") cell(tr, "Actions", null, "actions");
+    if (table.dataset.canAct === "true") cell(tr, "Actions", el("div", "actions"), "act-cell");
     return tr;
   }
 
@@ -71,12 +71,13 @@
     var sc = tr.querySelector(".state-cell");
     sc.textContent = "";
     sc.appendChild(badge(a.state, cap(a.state)));
-    var act = tr.querySelector("td.actions");
+    var act = tr.querySelector("td.act-cell .actions");
     if (act) fillActions(act, a);
   }
 
   function wanted(table, a) {
     if (table.dataset.device && table.dataset.device !== a.device_id) return false;
+    if (a.alert_id === undefined || !a.state) return false;
     var f = table.dataset.filter || "all";
     return f === "all" || f === a.state;
   }
@@ -89,7 +90,9 @@
         if (!wanted(table, a)) return;
         tr = buildRow(table, a);
         table.tBodies[0].insertBefore(tr, table.tBodies[0].firstChild);
-        var empty = table.closest(".table-wrap").parentNode.querySelector(".empty");
+        var wrap = table.closest(".table-wrap");
+        wrap.hidden = false;
+        var empty = wrap.parentNode.querySelector(".empty");
         if (empty) empty.hidden = true;
       }
       applyState(tr, a);
@@ -104,7 +107,9 @@
     var a = raw.alert || raw;
     return {
       alert_id: a.alert_id !== undefined ? a.alert_id : a.id,
-      device_id: a.device_id, severity: a.severity, state: a.state,
+      device_id: a.device_id || (a.device && a.device.device_id) || "",
+      device_label: a.device_id || (a.device && (a.device.device_id || a.device.serial)) || "",
+      severity: a.severity, state: a.state,
       title: a.title || a.summary || a.rule_name || a.rule || "Alert",
       detail: a.detail || a.message || "",
       alert_class: a.alert_class || a["class"] || a.klass || "",
@@ -116,7 +121,7 @@
     var form = ev.target;
     if (!form.dataset || !form.dataset.action || !form.closest("table.alert-table")) return;
     ev.preventDefault();
-    var buttons = form.closest("td").querySelectorAll("button");
+    var buttons = form.closest(".actions").querySelectorAll("button");
     buttons.forEach(function (b) { b.disabled = true; });
     fetch(form.action, {
       method: "POST", body: new FormData(form), credentials: "same-origin",
@@ -145,6 +150,8 @@
   }
   source.addEventListener("open", function () { setLive(true, "Live"); document.body.dataset.live = "on"; });
   source.addEventListener("error", function () { setLive(false, "Reconnecting…"); });
-  source.addEventListener("message", onEvent);
-  source.addEventListener("alert", onEvent);
+  // The stream names each event by what happened to the alert; the data is the alert as we may see it.
+  ["message", "opened", "updated", "acknowledged", "escalated", "resolved", "reopened"].forEach(function (name) {
+    source.addEventListener(name, onEvent);
+  });
 })();

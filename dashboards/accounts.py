@@ -1,0 +1,50 @@
+"""API tokens of the caller: issue (shown once), list, revoke. Scoped to the caller's own user."""
+
+from __future__ import annotations
+
+import secrets
+
+from dashboards.auth import Principal
+from dashboards.queries import AConn, PageRequest, Row, audit
+from pulsewire.registry import TOKEN_PREFIX, hash_token
+
+_MAX_TOKEN_ID = 2**63 - 1
+
+
+async def list_tokens(conn: AConn, p: Principal, page: PageRequest) -> list[Row]:
+    """The caller's tokens, newest first."""
+    cur = await conn.execute(
+        """SELECT token_id, name, created_at, last_used_at, revoked_at FROM api_tokens
+           WHERE user_id = %s ORDER BY token_id DESC LIMIT %s OFFSET %s""",
+        (p.user_id, page.limit, page.offset),
+    )
+    return await cur.fetchall()
+
+
+async def create_token(conn: AConn, p: Principal, name: str) -> Row:
+    """A new token for the caller; the returned row has the token itself, this once."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    cur = await conn.execute(
+        """INSERT INTO api_tokens (user_id, token_hash, name) VALUES (%s, %s, %s)
+           RETURNING token_id, name, created_at, last_used_at, revoked_at""",
+        (p.user_id, hash_token(token), name),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    await audit(conn, p, "token.create", "token", str(row["token_id"]))
+    return row | {"token": token}
+
+
+async def revoke_token(conn: AConn, p: Principal, token_id: int) -> bool:
+    """Revoke one of the caller's own tokens; False when there is no such token of theirs."""
+    if not 0 < token_id <= _MAX_TOKEN_ID:
+        return False
+    cur = await conn.execute(
+        """UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now())
+           WHERE token_id = %s AND user_id = %s RETURNING token_id""",
+        (token_id, p.user_id),
+    )
+    if await cur.fetchone() is None:
+        return False
+    await audit(conn, p, "token.revoke", "token", str(token_id))
+    return True

@@ -1,0 +1,179 @@
+"""Alerts: the caller's inbox (provider: all of its org's; vendor: technical ones), ack, resolve, live SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import TypeAdapter
+
+from dashboards import relay_bridge
+from dashboards.api import API_PREFIX
+from dashboards.auth import Principal
+from dashboards.deps import Conn, CurrentPrincipal
+from dashboards.errors import forbidden, not_found
+from dashboards.models_relay import AlertPage, AlertState, AlertView, Severity
+from dashboards.queries import AConn, alert_provider_org, provider_org_ids
+from pulsewire.errors import PulsewireError
+from relay import sse, store
+
+log = logging.getLogger("pulsewire.dashboards")
+router = APIRouter(prefix=API_PREFIX, tags=["alerts"])
+AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+HEARTBEAT_S = 15.0
+STREAM_QUEUE = 100
+_views: TypeAdapter[AlertView] = TypeAdapter(AlertView)
+
+
+async def _scope_for(conn: AConn, p: Principal, alert_id: int) -> tuple[int, str]:
+    """(org, audience) to read one alert with: admins read it as its provider."""
+    if p.role == "admin":
+        org = await alert_provider_org(conn, alert_id)
+        if org is None:
+            raise not_found(f"alert {alert_id}")
+        return org, "provider"
+    audience = relay_bridge.audience_of(p)
+    assert p.org_id is not None
+    return p.org_id, audience
+
+
+@router.get("/alerts")
+async def list_alerts(
+    *,
+    request: Request,
+    principal: CurrentPrincipal,
+    conn: Conn,
+    state: AlertState | None = None,
+    severity: Severity | None = None,
+    device_id: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+) -> AlertPage:
+    """The caller's alerts, newest first, filtered by state, severity or device."""
+    if principal.role == "admin":
+        scopes = [(org, "provider") for org in await provider_org_ids(conn)]
+    else:
+        audience = relay_bridge.audience_of(principal)
+        assert principal.org_id is not None
+        scopes = [(principal.org_id, audience)]
+    views: list[dict[str, Any]] = []
+    for org, audience in scopes:
+        views += await relay_bridge.call(
+            request.app.state.sync_pool,
+            store.list_alerts,
+            org,
+            audience,
+            state=state,
+            severity=severity,
+            device_id=device_id,
+            limit=limit,
+            before_id=before_id,
+        )
+    views = sorted(views, key=lambda v: -int(v["alert_id"]))[:limit]
+    next_before = int(views[-1]["alert_id"]) if len(views) == limit else None
+    return AlertPage(
+        items=[_views.validate_python(v) for v in views], limit=limit, next_before_id=next_before
+    )
+
+
+@router.get(
+    "/alerts/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+)
+async def stream_alerts(*, request: Request, principal: CurrentPrincipal) -> StreamingResponse:
+    """Server-sent events: `event: opened|acknowledged|escalated|resolved|...`, `data:` the alert view."""
+    if principal.role == "admin":
+        raise forbidden("the live stream is per org; admins use GET /api/v1/alerts")
+    audience = relay_bridge.audience_of(principal)
+    assert principal.org_id is not None
+    url = request.app.state.settings.require_database_url()
+    source = sse.subscribe(url, principal.org_id, audience)
+    return StreamingResponse(
+        _sse_body(source),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _sse_body(source: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    # A pump task fills a bounded queue so a heartbeat can be sent while no alert comes; a client
+    # too slow to keep up is dropped (it reconnects) instead of growing memory.
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=STREAM_QUEUE)
+
+    async def pump() -> None:
+        try:
+            async for item in source:
+                if queue.full():
+                    break
+                queue.put_nowait(item)
+        except PulsewireError as exc:
+            log.warning("alert stream ended: %s", exc)
+        finally:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)  # end of stream: the client reconnects (`retry`)
+
+    task = asyncio.create_task(pump())
+    try:
+        yield "retry: 3000\n: connected\n\n"
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+            except TimeoutError:
+                yield ": heartbeat\n\n"
+                continue
+            if item is None:
+                return
+            data = json.dumps(item["alert"], separators=(",", ":"), default=str)
+            yield f"event: {item['event']}\ndata: {data}\n\n"
+    finally:
+        task.cancel()
+
+
+@router.get("/alerts/{alert_id}")
+async def get_alert(
+    *, request: Request, principal: CurrentPrincipal, conn: Conn, alert_id: AlertId
+) -> AlertView:
+    """One alert in the caller's view; the provider's carries its history."""
+    org, audience = await _scope_for(conn, principal, alert_id)
+    view = await relay_bridge.call(request.app.state.sync_pool, store.get_alert, org, audience, alert_id)
+    return _views.validate_python(view)
+
+
+async def _change(
+    request: Request,
+    principal: Principal,
+    conn: AConn,
+    alert_id: int,
+    action: Literal["acknowledge", "resolve"],
+) -> AlertView:
+    org, audience = await _scope_for(conn, principal, alert_id)
+    pool = request.app.state.sync_pool
+    if audience != "provider":
+        await relay_bridge.call(pool, store.get_alert, org, audience, alert_id)  # 404 unless visible
+        raise forbidden(f"only the provider may {action} alerts")
+    fn = store.acknowledge if action == "acknowledge" else store.resolve
+    view = await relay_bridge.call(pool, fn, org, alert_id, principal.user_id)
+    return _views.validate_python(view)
+
+
+@router.post("/alerts/{alert_id}/ack", responses={409: {"description": "already acknowledged or resolved"}})
+async def ack_alert(
+    *, request: Request, principal: CurrentPrincipal, conn: Conn, alert_id: AlertId
+) -> AlertView:
+    """Acknowledge an open alert (provider staff, admins)."""
+    return await _change(request, principal, conn, alert_id, "acknowledge")
+
+
+@router.post("/alerts/{alert_id}/resolve", responses={409: {"description": "already resolved"}})
+async def resolve_alert(
+    *, request: Request, principal: CurrentPrincipal, conn: Conn, alert_id: AlertId
+) -> AlertView:
+    """Resolve an alert (provider staff, admins)."""
+    return await _change(request, principal, conn, alert_id, "resolve")

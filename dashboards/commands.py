@@ -1,0 +1,222 @@
+"""Commands to devices over MQTT 5, and the listener that follows their replies.
+
+A command is stored first (`pending`), then published on `pw/v1/dev/{id}/cmd` with the command id as
+correlation data and `pw/v1/dev/{id}/cmd/reply` as response topic. Replies move it forward only:
+an interim reply `{"status": "ok", "data": {"state": "acknowledged"}}` → `acknowledged`; a final
+`ok` → `done`, `error` → `failed`. The sweeper marks commands without a final reply `timed_out`.
+Every dashboard instance listens through one shared subscription, so each reply is handled once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aiomqtt
+import psycopg
+import psycopg_pool
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from psycopg.types.json import Jsonb
+from pydantic import ValidationError
+
+from dashboards.queries import AConn, PageRequest, Row
+from pulsewire.errors import BrokerError
+from pulsewire.settings import Settings
+from schemas.payloads import CommandReply, CommandRequest
+
+log = logging.getLogger("pulsewire.dashboards.commands")
+REPLY_FILTER = "$share/pulsewire-dashboards/pw/v1/dev/+/cmd/reply"
+OPEN_STATES = ["pending", "sent", "acknowledged"]
+_COLUMNS = """command_id, device_id, name, args, status, detail, result, requested_by, created_at,
+    sent_at, acked_at, finished_at"""
+
+
+class CommandService:
+    """Publishes commands and keeps their status current from the devices' replies."""
+
+    def __init__(
+        self, settings: Settings, pool: psycopg_pool.AsyncConnectionPool[AConn], *, timeout_s: float = 120.0
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self.timeout_s = timeout_s
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[CommandService]:
+        """Run the reply listener and the timeout sweeper for the duration of the block."""
+        tasks = [
+            asyncio.create_task(self._listen(), name="command-replies"),
+            asyncio.create_task(self._sweep(), name="command-sweeper"),
+        ]
+        try:
+            yield self
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def send(self, device_id: str, name: str, args: dict[str, Any], user_id: int) -> Row:
+        """Store and publish a command; BrokerError (after marking it failed) when the broker is away."""
+        command_id = uuid.uuid4().hex
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                """INSERT INTO commands (command_id, device_id, name, args, requested_by)
+                   VALUES (%s, %s, %s, %s, %s)""",
+                (command_id, device_id, name, Jsonb(args), user_id),
+            )
+        request = CommandRequest(
+            command_id=command_id,
+            name=name,
+            args=args,
+            sent_at=datetime.now(UTC),
+        )
+        try:
+            await self._publish(device_id, command_id, request.model_dump_json(by_alias=True))
+        except BrokerError as exc:
+            await self._finish(command_id, "failed", str(exc))
+            raise
+        async with self._pool.connection() as conn:
+            # A fast device may have replied already: only a pending command becomes `sent`.
+            await conn.execute(
+                """UPDATE commands SET sent_at = now(),
+                       status = CASE WHEN status = 'pending' THEN 'sent' ELSE status END
+                   WHERE command_id = %s""",
+                (command_id,),
+            )
+            return await _get(conn, command_id)
+
+    async def _publish(self, device_id: str, command_id: str, payload: str) -> None:
+        try:
+            async with asyncio.timeout(3):
+                await self._connected.wait()
+                client = self._client
+                if client is None:
+                    raise BrokerError("not connected")
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.CorrelationData = command_id.encode()
+                props.ResponseTopic = f"pw/v1/dev/{device_id}/cmd/reply"
+                await client.publish(f"pw/v1/dev/{device_id}/cmd", payload, qos=1, properties=props)
+        except (TimeoutError, aiomqtt.MqttError, BrokerError) as exc:
+            raise BrokerError(f"broker unavailable, command not sent: {exc or 'timeout'}") from exc
+
+    async def _listen(self) -> None:
+        target = self._settings.mqtt()
+        backoff = 0.5
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    target.host,
+                    target.port,
+                    username=target.username,
+                    password=target.password,
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    identifier=f"pw-dash-{uuid.uuid4().hex[:12]}",
+                    tls_context=ssl.create_default_context() if target.tls else None,
+                ) as client:
+                    await client.subscribe(REPLY_FILTER, qos=1)
+                    self._client, backoff = client, 0.5
+                    self._connected.set()
+                    async for message in client.messages:
+                        await self._on_reply(str(message.topic), message.payload, message.properties)
+            except aiomqtt.MqttError as exc:
+                log.warning("command listener lost the broker (%s); retrying in %.1fs", exc, backoff)
+            finally:
+                self._client = None
+                self._connected.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    async def _on_reply(self, topic: str, payload: Any, properties: Properties | None) -> None:
+        device_id = topic.split("/")[3] if topic.count("/") == 5 else ""
+        try:
+            reply = CommandReply.model_validate_json(payload if isinstance(payload, bytes | str) else b"")
+        except ValidationError as exc:
+            log.warning("bad command reply on %s: %s", topic, exc.errors()[:1])
+            return
+        correlation = getattr(properties, "CorrelationData", None)
+        if correlation is not None and correlation != reply.command_id.encode():
+            log.warning("command reply on %s: correlation data does not match %s", topic, reply.command_id)
+            return
+        try:
+            await self._apply_reply(device_id, reply)
+        except (psycopg_pool.PoolTimeout, psycopg.Error) as exc:
+            log.warning("cannot record command reply %s: %s", reply.command_id, exc)
+
+    async def _apply_reply(self, device_id: str, reply: CommandReply) -> None:
+        async with self._pool.connection() as conn:
+            if reply.status == "ok" and reply.data.get("state") == "acknowledged":
+                await conn.execute(
+                    """UPDATE commands SET status = 'acknowledged', acked_at = now()
+                       WHERE command_id = %s AND device_id = %s AND status IN ('pending', 'sent')""",
+                    (reply.command_id, device_id),
+                )
+                return
+            await conn.execute(
+                """UPDATE commands SET status = %s, detail = %s, result = %s, finished_at = now(),
+                       acked_at = coalesce(acked_at, now())
+                   WHERE command_id = %s AND device_id = %s AND status = ANY(%s)""",
+                (
+                    "done" if reply.status == "ok" else "failed",
+                    reply.detail,
+                    Jsonb(reply.data),
+                    reply.command_id,
+                    device_id,
+                    OPEN_STATES,
+                ),
+            )
+
+    async def _finish(self, command_id: str, status: str, detail: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE commands SET status = %s, detail = %s, finished_at = now() WHERE command_id = %s",
+                (status, detail, command_id),
+            )
+
+    async def _sweep(self) -> None:
+        interval = max(0.2, min(5.0, self.timeout_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self._pool.connection() as conn:
+                    await conn.execute(
+                        """UPDATE commands SET status = 'timed_out', finished_at = now(),
+                               detail = 'no reply within ' || %s || ' s'
+                           WHERE status = ANY(%s) AND created_at < now() - make_interval(secs => %s)""",
+                        (str(int(self.timeout_s)), OPEN_STATES, self.timeout_s),
+                    )
+            except (psycopg_pool.PoolTimeout, psycopg.Error) as exc:
+                log.warning("command sweeper: database unavailable (%s)", exc)
+
+
+async def list_commands(conn: AConn, device_id: str, page: PageRequest) -> list[Row]:
+    """A device's commands, newest first (the caller has checked the device is visible)."""
+    cur = await conn.execute(
+        f"""SELECT {_COLUMNS} FROM commands WHERE device_id = %s
+            ORDER BY created_at DESC LIMIT %s OFFSET %s""",
+        (device_id, page.limit, page.offset),
+    )
+    return await cur.fetchall()
+
+
+async def get_command(conn: AConn, device_id: str, command_id: str) -> Row | None:
+    """One command of a device, or None."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM commands WHERE command_id = %s AND device_id = %s", (command_id, device_id)
+    )
+    return await cur.fetchone()
+
+
+async def _get(conn: AConn, command_id: str) -> Row:
+    cur = await conn.execute(f"SELECT {_COLUMNS} FROM commands WHERE command_id = %s", (command_id,))
+    row = await cur.fetchone()
+    assert row is not None, "a command we just stored is gone"
+    return row

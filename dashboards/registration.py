@@ -1,0 +1,74 @@
+"""Registering a device through the API: who may, for which org, and the broker's auth afterwards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+from starlette.concurrency import run_in_threadpool
+
+from dashboards.api.common import device_view
+from dashboards.auth import Principal
+from dashboards.errors import ApiError, forbidden, invalid
+from dashboards.models import DeviceCreate, DeviceCreated, DevicePublic
+from dashboards.queries import AConn, audit, require_role, visible_device
+from pulsewire import registry
+from pulsewire.errors import RegistryError
+
+
+async def register_device(state: Any, conn: AConn, p: Principal, body: DeviceCreate) -> DeviceCreated:
+    """Register a device for the caller's org (provider staff) or any provider (admin)."""
+    require_role(p, ("admin", "provider_staff"), "register devices")
+    provider = body.provider_org_id or p.org_id
+    if p.role == "provider_staff" and provider != p.org_id:
+        raise forbidden("provider staff register devices for their own org only")
+    if provider is None:
+        raise invalid("provider_org_id is required", code="missing_provider")
+    if body.owner_id is not None:
+        await _require_owner_of(conn, body.owner_id, provider)
+    sync_pool: ConnectionPool[registry.Conn] = state.sync_pool
+    creds, synced = await run_in_threadpool(
+        _add_and_sync, sync_pool, state.settings.state_dir, body, provider
+    )
+    await audit(conn, p, "device.create", "device", creds.device_id)
+    view = device_view(p, await visible_device(conn, p, creds.device_id))
+    assert isinstance(view, DevicePublic)
+    return DeviceCreated(
+        device=view,
+        mqtt_username=creds.mqtt_username,
+        mqtt_password=creds.mqtt_password,
+        broker_synced=synced,
+    )
+
+
+async def _require_owner_of(conn: AConn, owner_id: int, provider: int) -> None:
+    cur = await conn.execute(
+        "SELECT 1 FROM owners WHERE owner_id = %s AND provider_org_id = %s", (owner_id, provider)
+    )
+    if await cur.fetchone() is None:
+        raise invalid(f"owner {owner_id} is not in the care of org {provider}", code="unknown_owner")
+
+
+def _add_and_sync(
+    pool: ConnectionPool[registry.Conn], state_dir: Any, body: DeviceCreate, provider: int
+) -> tuple[registry.DeviceCredentials, bool]:
+    # The registry is synchronous; this runs in a worker thread with its own connection.
+    with pool.connection() as sync_conn:
+        try:
+            creds = registry.add_device(
+                sync_conn,
+                body.device_id,
+                kind=body.kind,
+                model=body.model,
+                provider_org_id=provider,
+                vendor_org_id=body.vendor_org_id,
+                serial=body.serial,
+                firmware=body.firmware,
+                owner_id=body.owner_id,
+                heartbeat_s=body.heartbeat_s,
+            )
+        except RegistryError as exc:
+            status = 409 if "already exists" in str(exc) else 422
+            raise ApiError(status, str(exc)) from exc
+        sync_conn.commit()
+        return creds, registry.sync_broker_auth(sync_conn, state_dir)

@@ -1,0 +1,214 @@
+"""Staff pages: the fleet overview, the alert inbox (with ack/resolve) and the device page.
+
+Vendors see their devices' technical side only: no owner names, no clinical charts or alerts,
+which the scoped queries (`dashboards.queries`, `dashboards.web_queries`) already guarantee.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from dashboards import contact, queries, relay_bridge, web_queries
+from dashboards.auth import Principal
+from dashboards.queries import (
+    PageRequest,
+    alert_provider_org,
+    list_devices,
+    sees_clinical_data,
+    sees_owner_data,
+    visible_device,
+)
+from dashboards.web import (
+    RECENT,
+    Conn,
+    CsrfField,
+    PageUser,
+    appointment_view,
+    check_csrf,
+    device_view,
+    render,
+    user_context,
+)
+from relay import store
+from relay.views import technical_values
+from schemas.catalogue import CATALOGUE
+
+router = APIRouter(include_in_schema=False)
+FLEET_LIMIT = 500
+ALERT_FILTERS = ("open", "acknowledged", "resolved", "all")
+ACTORS = ("provider_staff", "admin")  # who triages alerts (design.md, "Who uses it")
+EVENTS_SHOWN = 50
+ALERTS_SHOWN = 50
+UNITS = {"degC": "°C", "ohm": "Ω", "deg": "°"}
+
+
+# ---- staff pages ---------------------------------------------------------------------------------
+
+
+@router.get("/fleet", response_class=HTMLResponse)
+async def fleet(request: Request, conn: Conn, p: PageUser) -> Response:
+    """Every device in the viewer's scope with its status and open alerts."""
+    if p.role == "owner":
+        return RedirectResponse("/my", status_code=303)
+    rows = await list_devices(conn, p, PageRequest(limit=FLEET_LIMIT))
+    counts = await web_queries.open_alert_counts(conn, p)
+    devices = [device_view(p, r, counts) for r in rows]
+    scope = {"provider_staff": "in your care", "vendor_staff": "made by your company"}
+    return render(
+        request,
+        "web/fleet.html",
+        await user_context(conn, p, "fleet", "Fleet")
+        | {
+            "devices": devices,
+            "show_owner": sees_owner_data(p),
+            "online_count": sum(1 for d in devices if d["online"]),
+            "totals": await web_queries.open_alert_totals(conn, p),
+            "scope_text": scope.get(p.role, "registered"),
+        },
+    )
+
+
+def sentence(text: str) -> str:
+    """First letter up, the rest as written (keeps 'ICD', 'RV')."""
+    return text[:1].upper() + text[1:]
+
+
+def describe_values(values: dict[str, Any]) -> str:
+    """'RV lead impedance 3400 Ω, ...' for the first few values of an alert."""
+    parts = []
+    for key, value in list(values.items())[:3]:
+        metric = next((m for kind in CATALOGUE.values() if (m := kind.get(key)) is not None), None)
+        if metric is not None and isinstance(value, int | float):
+            parts.append(f"{sentence(metric.description)} {value:g} {UNITS.get(metric.unit, metric.unit)}")
+        elif isinstance(value, int | float | str):
+            parts.append(f"{sentence(key.replace('_', ' '))}: {value}")
+    return ", ".join(parts)
+
+
+def alert_view(p: Principal, row: dict[str, Any]) -> dict[str, Any]:
+    """An alert row as the tables (and alerts.js) show it; a vendor gets technical values only."""
+    values = dict(row.get("values") or {})
+    shown = describe_values(values if sees_clinical_data(p) else technical_values(values))
+    return {
+        "alert_id": row["alert_id"],
+        "device_id": row["device_id"],
+        "severity": row["severity"],
+        "state": row["state"],
+        "title": row["rule_name"],
+        "alert_class": row["class"],
+        "detail": ("Late: " if row.get("late") else "") + shown,
+        "opened_at": row["opened_at"],
+    }
+
+
+@router.get("/alerts", response_class=HTMLResponse)
+async def alerts_page(request: Request, conn: Conn, p: PageUser, state: str = "open") -> Response:
+    """The alert inbox: filter by state; rows arrive live over SSE."""
+    if p.role == "owner":
+        return RedirectResponse("/my", status_code=303)
+    state = state if state in ALERT_FILTERS else "open"
+    rows = await web_queries.list_alerts(conn, p, state=None if state == "all" else state)
+    return render(
+        request,
+        "web/alerts.html",
+        await user_context(conn, p, "alerts", "Alerts")
+        | {
+            "alerts": [alert_view(p, r) for r in rows],
+            "state": state,
+            "can_act": p.role in ACTORS,
+        },
+    )
+
+
+# ---- device page ---------------------------------------------------------------------------------
+
+
+def event_summary(data: dict[str, Any]) -> str:
+    """A short 'key value' line of an event's data."""
+    return ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in list(data.items())[:4])
+
+
+@router.get("/devices/{device_id}", response_class=HTMLResponse)
+async def device_page(
+    *, request: Request, conn: Conn, p: PageUser, device_id: str, notice: str = "", error: str = ""
+) -> Response:
+    """Charts over 24 h / 7 d / 30 d, alert history, events; for the provider, owner contact."""
+    row = await visible_device(conn, p, device_id)
+    counts = await web_queries.open_alert_counts(conn, p)
+    metrics = await web_queries.chart_metrics(conn, p, row)
+    events = await queries.events(conn, p, device_id, PageRequest(limit=EVENTS_SHOWN))
+    alerts = await web_queries.list_alerts(conn, p, state=None, device_id=device_id, limit=ALERTS_SHOWN)
+    can_message = p.role in ("provider_staff", "admin") and row["owner_id"] is not None
+    context = await user_context(conn, p, "my" if p.role == "owner" else "fleet", device_id)
+    return render(
+        request,
+        "web/device.html",
+        context
+        | {
+            "device": device_view(p, row, counts),
+            "notice": notice[:200],
+            "error": error[:300],
+            "metrics": [
+                {"name": m.name, "label": sentence(m.description), "unit": UNITS.get(m.unit, m.unit)}
+                for m in metrics
+            ],
+            "metrics_json": json.dumps([m.name for m in metrics]),
+            "events": [
+                {"ts": e["ts"], "type": e["type"], "summary": event_summary(e["data"])} for e in events
+            ],
+            "alerts": [alert_view(p, a) for a in alerts],
+            "state": "all",
+            "can_act": p.role in ACTORS,
+            "can_message": can_message,
+            "messages": await contact.list_messages(conn, p, row, RECENT) if can_message else [],
+            "appointments": [
+                appointment_view(a) for a in await contact.list_appointments(conn, p, row, RECENT)
+            ]
+            if can_message
+            else [],
+            "back_href": "/my" if p.role == "owner" else "/fleet",
+            "back_label": "← My devices" if p.role == "owner" else "← Fleet",
+        },
+    )
+
+
+@router.post("/alerts/{alert_id}/{action}")
+async def alert_action(
+    *,
+    request: Request,
+    conn: Conn,
+    p: PageUser,
+    alert_id: int,
+    action: Literal["ack", "resolve"],
+    csrf_token: CsrfField = "",
+) -> Response:
+    """Acknowledge or resolve from a page: JSON for alerts.js, otherwise back to the inbox.
+
+    The change goes through `relay.store`, as the API's does (history row, outbox, live notice).
+    """
+    check_csrf(request, csrf_token)
+    if not await web_queries.list_alerts(conn, p, state=None, alert_id=alert_id):
+        raise HTTPException(404, f"alert {alert_id} not found")
+    if p.role not in ACTORS:
+        raise HTTPException(403, "only the provider's staff triage alerts")
+    org = p.org_id if p.role == "provider_staff" else await alert_provider_org(conn, alert_id)
+    change = store.acknowledge if action == "ack" else store.resolve
+    await relay_bridge.call(request.app.state.sync_pool, change, org, alert_id, p.user_id)
+    row = (await web_queries.list_alerts(conn, p, state=None, alert_id=alert_id))[0]
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse(jsonable_encoder(alert_view(p, row)))
+    return RedirectResponse(_local(request.headers.get("referer", "")), status_code=303)
+
+
+def _local(url: str) -> str:
+    # Back to the page the form was on, but only ever a page of ours.
+    parts = urlsplit(url)
+    return (
+        (parts.path + (f"?{parts.query}" if parts.query else "")) if parts.path.startswith("/") else "/alerts"
+    )
