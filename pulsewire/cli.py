@@ -122,6 +122,9 @@ def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     applied = migrate(url)
     with connect(url, autocommit=True) as conn:
         maintain(conn, retention_days=settings.retention_days)
+        from relay.rules import seed_defaults
+
+        seed_defaults(conn)  # the default alert rules, from schemas/rules/defaults.yaml (idempotent)
     print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "up to date")
     return 0
 

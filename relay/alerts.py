@@ -25,8 +25,15 @@ OUTBOX_CHANNEL = "pulsewire_outbox"
 OPEN_STATES = ("open", "acknowledged")
 
 
-def history(conn: Conn, alert_id: int, action: str, actor: str, *, user_id: int | None = None,
-            detail: dict[str, Any] | None = None) -> None:
+def history(
+    conn: Conn,
+    alert_id: int,
+    action: str,
+    actor: str,
+    *,
+    user_id: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
     """Record one change of an alert."""
     conn.execute(
         "INSERT INTO alert_history (alert_id, action, actor, user_id, detail) VALUES (%s, %s, %s, %s, %s)",
@@ -34,8 +41,9 @@ def history(conn: Conn, alert_id: int, action: str, actor: str, *, user_id: int 
     )
 
 
-def fire(conn: Conn, device: dict[str, Any], rule: Rule, signal: Fire, *, late: bool,
-         actor: str) -> tuple[int, str] | None:
+def fire(
+    conn: Conn, device: dict[str, Any], rule: Rule, signal: Fire, *, late: bool, actor: str
+) -> tuple[int, str] | None:
     """Open an alert for `signal`, or update the open one; returns (alert_id, 'opened'|'updated')."""
     current = conn.execute(
         """SELECT alert_id, started_at, last_seen_at FROM alerts
@@ -49,9 +57,20 @@ def fire(conn: Conn, device: dict[str, Any], rule: Rule, signal: Fire, *, late: 
                                provider_org_id, vendor_org_id, started_at, last_seen_at, "values")
            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
            ON CONFLICT DO NOTHING RETURNING alert_id""",
-        (device["device_id"], rule.rule_id, rule.key, rule.name, signal.severity, rule.klass, late,
-         device["provider_org_id"], device["vendor_org_id"], signal.started_at, signal.ts,
-         Jsonb(signal.values)),
+        (
+            device["device_id"],
+            rule.rule_id,
+            rule.key,
+            rule.name,
+            signal.severity,
+            rule.klass,
+            late,
+            device["provider_org_id"],
+            device["vendor_org_id"],
+            signal.started_at,
+            signal.ts,
+            Jsonb(signal.values),
+        ),
     ).fetchone()
     if row is None:
         return None  # the same evidence already made an alert (a replay): nothing new
@@ -72,8 +91,9 @@ def _update(conn: Conn, current: dict[str, Any], signal: Fire, actor: str) -> in
         (signal.ts, Jsonb(signal.values), int(new_occurrence), alert_id),
     )
     if new_occurrence:
-        history(conn, alert_id, "updated", actor, detail={"at": signal.ts.isoformat(),
-                                                         "values": signal.values})
+        history(
+            conn, alert_id, "updated", actor, detail={"at": signal.ts.isoformat(), "values": signal.values}
+        )
     return alert_id
 
 
@@ -143,19 +163,36 @@ def enqueue(conn: Conn, alert_id: int, event: str, *, email: bool) -> int:
         if view is None:
             continue
         body = message(event, view)
-        written += _enqueue_channels(conn, alert_id, event, audience, int(org_id), body, email)
+        written += _enqueue_channels(
+            conn, alert_id, event, audience=audience, org_id=int(org_id), body=body, email=email
+        )
     conn.execute("SELECT pg_notify(%s, %s)", (OUTBOX_CHANNEL, str(alert_id)))
-    conn.execute(
-        "SELECT pg_notify(%s, %s)",
-        (ALERTS_CHANNEL, json.dumps({"alert_id": alert_id, "event": event,
-                                     "provider_org_id": row["provider_org_id"],
-                                     "vendor_org_id": row["vendor_org_id"], "class": row["class"]})),
-    )
+    notify(conn, row, event)
     return written
 
 
-def _enqueue_channels(conn: Conn, alert_id: int, event: str, audience: str, org_id: int, body: str,
-                      email: bool) -> int:
+def notify(conn: Conn, row: dict[str, Any], event: str) -> None:
+    """Tell SSE subscribers (at commit) that an alert changed; they fetch their own view of it."""
+    conn.execute(
+        "SELECT pg_notify(%s, %s)",
+        (
+            ALERTS_CHANNEL,
+            json.dumps(
+                {
+                    "alert_id": row["alert_id"],
+                    "event": event,
+                    "provider_org_id": row["provider_org_id"],
+                    "vendor_org_id": row["vendor_org_id"],
+                    "class": row["class"],
+                }
+            ),
+        ),
+    )
+
+
+def _enqueue_channels(
+    conn: Conn, alert_id: int, event: str, *, audience: str, org_id: int, body: str, email: bool
+) -> int:
     insert = """INSERT INTO outbox (alert_id, event, audience, org_id, channel, webhook_id, body)
                 VALUES (%s, %s, %s, %s, %s, %s, %s)"""
     cur = conn.execute(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,8 +23,12 @@ from relay.rules import Rule
 
 State = dict[str, Any]
 _OPS: dict[str, Callable[[float, float], bool]] = {
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-    "==": operator.eq, "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
 }
 _MAX_WINDOW = 1000  # bound on any window kept in state
 
@@ -80,9 +85,8 @@ def _dt(epoch: float) -> datetime:
 def relevant(rule: Rule, item: Item) -> bool:
     """Whether `item` can change this rule's state (the engine skips the rest)."""
     if isinstance(item, Event):
-        types = rule.params.get("event_types") or [rule.params.get("event_type")]
-        return rule.kind in ("event", "count") and item.type in types
-    return item.metric in rule.metrics()
+        return ("event", item.type) in rule.reads
+    return ("metric", item.metric) in rule.reads
 
 
 def step(rule: Rule, state: State, item: Item) -> list[Signal]:
@@ -107,8 +111,9 @@ def _gate_ok(rule: Rule, state: State, item: Sample) -> bool:
     return gate is not None and _OPS[when["op"]](gate, when["value"])
 
 
-def _sustained(rule: Rule, state: State, ts: datetime, holds: bool, clears: bool,
-               values: dict[str, Any]) -> list[Signal]:
+def _sustained(
+    rule: Rule, state: State, ts: datetime, *, holds: bool, clears: bool, values: dict[str, Any]
+) -> list[Signal]:
     """The `for_s` machine shared by threshold and outside: idle -> pending -> active -> idle."""
     now = _epoch(ts)
     phase = state.get("phase", "idle")
@@ -141,7 +146,7 @@ def _threshold(rule: Rule, state: State, item: Item) -> list[Signal]:
         clears = not op(item.value, p["clear"]) and item.value != p["clear"]
     else:
         clears = not op(item.value, p["value"])
-    return _sustained(rule, state, item.ts, holds, clears, {item.metric: item.value})
+    return _sustained(rule, state, item.ts, holds=holds, clears=clears, values={item.metric: item.value})
 
 
 def _outside(rule: Rule, state: State, item: Item) -> list[Signal]:
@@ -153,7 +158,14 @@ def _outside(rule: Rule, state: State, item: Item) -> list[Signal]:
     latest: dict[str, float] = state.setdefault("latest", {})
     latest[item.metric] = item.value
     out = {m: v for m, v in latest.items() if not p["low"] <= v <= p["high"]}
-    return _sustained(rule, state, item.ts, gate and bool(out), not out, out or {item.metric: item.value})
+    return _sustained(
+        rule,
+        state,
+        item.ts,
+        holds=gate and bool(out),
+        clears=not out,
+        values=out or {item.metric: item.value},
+    )
 
 
 def _jump(rule: Rule, state: State, item: Item) -> list[Signal]:
@@ -162,7 +174,7 @@ def _jump(rule: Rule, state: State, item: Item) -> list[Signal]:
     window: list[float] = state.setdefault("windows", {}).setdefault(item.metric, [])
     signals: list[Signal] = []
     if len(window) >= min(n, 3):
-        baseline = float(np.median(window))
+        baseline = float(statistics.median(window))  # a few values: faster than numpy here
         if baseline > 0 and abs(item.value - baseline) / baseline > rule.params["change_pct"] / 100:
             values = {item.metric: item.value, f"{item.metric}_baseline": baseline}
             signals.append(Fire(item.ts, item.ts, values, rule.severity))
@@ -259,8 +271,13 @@ def _zscore(window: list[float], value: float, p: dict[str, Any]) -> float:
 
 
 _HANDLERS: dict[str, Callable[[Rule, State, Item], list[Signal]]] = {
-    "threshold": _threshold, "outside": _outside, "jump": _jump, "drop": _drop,
-    "event": _event, "count": _count, "anomaly": _anomaly,
+    "threshold": _threshold,
+    "outside": _outside,
+    "jump": _jump,
+    "drop": _drop,
+    "event": _event,
+    "count": _count,
+    "anomaly": _anomaly,
 }
 
 

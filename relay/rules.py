@@ -8,6 +8,7 @@ device > model > kind, and a provider's own rule beats the global default at the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from typing import Any
 
@@ -54,6 +55,15 @@ class Rule:
     auto_resolve: bool = False
     rule_id: int | None = None
 
+    @cached_property
+    def reads(self) -> frozenset[tuple[str, str]]:
+        """("metric", name) and ("event", type) pairs of everything this rule reads (cached)."""
+        pairs = {("metric", m) for m in self.metrics()}
+        if self.kind in ("event", "count"):
+            types = self.params.get("event_types") or [self.params.get("event_type")]
+            pairs |= {("event", str(t)) for t in types if t}
+        return frozenset(pairs)
+
     def metrics(self) -> tuple[str, ...]:
         """Every metric this rule reads, including its `when` gate."""
         names = list(self.params.get("metrics") or [])
@@ -81,8 +91,20 @@ def validate(kind: str, params: dict[str, Any], severity: str, klass: str) -> No
     when = params.get("when")
     if when is not None and not (isinstance(when, dict) and {"metric", "op", "value"} <= when.keys()):
         raise RuleError("`when` needs metric, op and value")
-    for name in ("value", "clear", "low", "high", "change_pct", "drop", "window_s", "for_s", "z",
-                 "count", "factor", "after_s"):
+    for name in (
+        "value",
+        "clear",
+        "low",
+        "high",
+        "change_pct",
+        "drop",
+        "window_s",
+        "for_s",
+        "z",
+        "count",
+        "factor",
+        "after_s",
+    ):
         if name in params and not isinstance(params[name], int | float):
             raise RuleError(f"{name} must be a number, got {params[name]!r}")
 
@@ -100,9 +122,14 @@ def load_defaults() -> dict[str, list[dict[str, Any]]]:
 def _entry_to_row(device_kind: str, entry: dict[str, Any]) -> dict[str, Any]:
     params = {k: v for k, v in entry.items() if k not in _COLUMNS}
     row = {
-        "key": entry["key"], "name": entry["name"], "kind": entry["kind"], "device_kind": device_kind,
-        "severity": entry["severity"], "class": entry["class"],
-        "auto_resolve": bool(entry.get("auto_resolve", False)), "params": params,
+        "key": entry["key"],
+        "name": entry["name"],
+        "kind": entry["kind"],
+        "device_kind": device_kind,
+        "severity": entry["severity"],
+        "class": entry["class"],
+        "auto_resolve": bool(entry.get("auto_resolve", False)),
+        "params": params,
     }
     validate(row["kind"], params, row["severity"], row["class"])
     return row
@@ -132,8 +159,13 @@ def seed_defaults(conn: Conn) -> int:
 def rule_from_row(row: dict[str, Any]) -> Rule:
     """A Rule from a `rules` table row."""
     return Rule(
-        key=row["key"], name=row["name"], kind=row["kind"], severity=row["severity"],
-        klass=row["class"], params=dict(row["params"]), auto_resolve=bool(row["auto_resolve"]),
+        key=row["key"],
+        name=row["name"],
+        kind=row["kind"],
+        severity=row["severity"],
+        klass=row["class"],
+        params=dict(row["params"]),
+        auto_resolve=bool(row["auto_resolve"]),
         rule_id=int(row["rule_id"]),
     )
 

@@ -36,17 +36,32 @@ def _iso(value: datetime | None) -> str | None:
 def provider_view(row: dict[str, Any]) -> dict[str, Any]:
     """The provider's view of an alert row from ALERT_SELECT."""
     return {
-        "alert_id": row["alert_id"], "rule_key": row["rule_key"], "rule_name": row["rule_name"],
-        "severity": row["severity"], "class": row["class"], "state": row["state"],
-        "late": row["late"], "escalated": row["escalated"], "occurrences": row["occurrences"],
-        "device": {"device_id": row["device_id"], "kind": row["device_kind"], "model": row["model"],
-                   "serial": row["serial"], "firmware": row["firmware"]},
+        "alert_id": row["alert_id"],
+        "rule_key": row["rule_key"],
+        "rule_name": row["rule_name"],
+        "severity": row["severity"],
+        "class": row["class"],
+        "state": row["state"],
+        "late": row["late"],
+        "escalated": row["escalated"],
+        "occurrences": row["occurrences"],
+        "device": {
+            "device_id": row["device_id"],
+            "kind": row["device_kind"],
+            "model": row["model"],
+            "serial": row["serial"],
+            "firmware": row["firmware"],
+        },
         "owner": {"owner_id": row["owner_id"], "name": row["owner_name"]} if row["owner_id"] else None,
         "values": dict(row["values"]),
-        "started_at": _iso(row["started_at"]), "last_seen_at": _iso(row["last_seen_at"]),
-        "ended_at": _iso(row["ended_at"]), "opened_at": _iso(row["opened_at"]),
-        "acknowledged_at": _iso(row["acknowledged_at"]), "acknowledged_by": row["acknowledged_by"],
-        "resolved_at": _iso(row["resolved_at"]), "resolved_by": row["resolved_by"],
+        "started_at": _iso(row["started_at"]),
+        "last_seen_at": _iso(row["last_seen_at"]),
+        "ended_at": _iso(row["ended_at"]),
+        "opened_at": _iso(row["opened_at"]),
+        "acknowledged_at": _iso(row["acknowledged_at"]),
+        "acknowledged_by": row["acknowledged_by"],
+        "resolved_at": _iso(row["resolved_at"]),
+        "resolved_by": row["resolved_by"],
     }
 
 
@@ -70,12 +85,22 @@ def vendor_view(row: dict[str, Any]) -> dict[str, Any] | None:
     if row["class"] != "technical":
         return None
     return {
-        "alert_id": row["alert_id"], "rule_key": row["rule_key"], "rule_name": row["rule_name"],
-        "severity": row["severity"], "class": "technical", "state": row["state"], "late": row["late"],
-        "device": {"serial": row["serial"], "model": row["model"], "firmware": row["firmware"],
-                   "kind": row["device_kind"]},
+        "alert_id": row["alert_id"],
+        "rule_key": row["rule_key"],
+        "rule_name": row["rule_name"],
+        "severity": row["severity"],
+        "class": "technical",
+        "state": row["state"],
+        "late": row["late"],
+        "device": {
+            "serial": row["serial"],
+            "model": row["model"],
+            "firmware": row["firmware"],
+            "kind": row["device_kind"],
+        },
         "values": technical_values(dict(row["values"])),
-        "started_at": _iso(row["started_at"]), "opened_at": _iso(row["opened_at"]),
+        "started_at": _iso(row["started_at"]),
+        "opened_at": _iso(row["opened_at"]),
         "resolved_at": _iso(row["resolved_at"]),
     }
 

@@ -114,7 +114,7 @@ CREATE TABLE outbox (
     audience        text NOT NULL CHECK (audience IN ('provider', 'vendor')),
     org_id          bigint NOT NULL REFERENCES orgs ON DELETE CASCADE,
     channel         text NOT NULL CHECK (channel IN ('webhook', 'mqtt', 'email')),
-    webhook_id      bigint REFERENCES webhooks ON DELETE CASCADE,
+    webhook_id      bigint REFERENCES webhooks ON DELETE SET NULL,  -- deleted: pending rows go dead
     body            text NOT NULL,
     state           text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'dead')),
     attempts        integer NOT NULL DEFAULT 0,

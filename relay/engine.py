@@ -1,0 +1,319 @@
+"""The rule engine: consumes `eval_queue`, one device at a time, in event time, exactly once.
+
+For one device a worker takes a transaction-scoped advisory lock (so one worker evaluates a device
+at a time, and another worker moves on to the next device), reads the device's queued batches,
+evaluates the data they cover from the durable `rule_state`, and writes alerts, history, outbox
+rows, the new state and the deletion of the consumed queue rows in one REPEATABLE READ
+transaction. A crash rolls all of it back and the batches are evaluated again; alert fingerprints
+(device, rule, started_at) make a replay create nothing twice.
+
+Each rule keeps a watermark (the newest item it has read) in its state. Items past it are
+evaluated with the stored state; items before it (out of order) are evaluated on their own, warmed
+with the hour before them: a condition that began and ended there becomes a resolved `late` alert.
+Any alert whose evidence is older than `late_after_s` is flagged late and never escalated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from relay import alerts
+from relay.evaluate import Clear, Event, Fire, Item, Sample, Signal, State, relevant, step
+from relay.rules import Rule, effective_rules
+
+Conn = psycopg.Connection[dict[str, Any]]
+LOCK_CLASS = 0x50570001  # advisory lock namespace: per-device evaluation
+_SUSTAINED = ("threshold", "outside", "anomaly")
+_WARMUP = timedelta(hours=1)
+_WARMUP_ROWS = 5000
+
+
+@dataclass
+class EngineConfig:
+    """How the engine judges lateness and which channels it writes."""
+
+    actor: str = "system:relay"
+    late_after_s: float = 300.0
+    # Items at most this much older than a rule's watermark are fed to it as if in order: a clock
+    # a minute fast or a reconnect reorders data by seconds, and re-judging those would only echo
+    # the skew. Older ones are re-evaluated on their own (see _evaluate_late).
+    reorder_tolerance_s: float = 300.0
+    email: bool = False
+
+
+@dataclass
+class _Batch:
+    device: dict[str, Any]
+    rules: list[Rule]
+    states: dict[str, State]
+    cfg: EngineConfig
+    now: datetime
+    touched: dict[int, str] = field(default_factory=dict)
+    loaded: dict[str, str] = field(default_factory=dict)
+
+    def touch(self, alert_id: int, event: str) -> None:
+        # The first event of an alert in this batch decides its delivery: an alert opened and
+        # resolved in one batch is delivered once, as opened, with its final (resolved) state.
+        self.touched.setdefault(alert_id, event)
+
+
+def pending_devices(conn: Conn, limit: int = 100) -> list[str]:
+    """Devices with queued batches, the longest-waiting first."""
+    rows = conn.execute(
+        "SELECT device_id FROM eval_queue GROUP BY device_id ORDER BY min(eval_id) LIMIT %s", (limit,)
+    ).fetchall()
+    return [str(r["device_id"]) for r in rows]
+
+
+def evaluate_pending(conn: Conn, cfg: EngineConfig, limit: int = 100) -> int:
+    """One round over the devices with queued work, each in its own transaction; returns batches consumed.
+
+    `conn` must not be in autocommit; it is switched to REPEATABLE READ so each device's data,
+    queue rows and state are read from one snapshot.
+    """
+    conn.rollback()
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    devices = pending_devices(conn, limit)
+    conn.rollback()
+    consumed = 0
+    for device_id in devices:
+        for _ in range(5):
+            try:
+                with conn.transaction():
+                    consumed += evaluate_device(conn, device_id, cfg)
+                break
+            except psycopg.errors.SerializationFailure:
+                continue  # another worker committed this device's state under our snapshot
+    return consumed
+
+
+def lock_device(conn: Conn, device_id: str) -> bool:
+    """Take the device's evaluation lock for this transaction, or False when another worker has it."""
+    row = conn.execute(
+        "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s)) AS got", (LOCK_CLASS, device_id)
+    ).fetchone()
+    return bool(row and row["got"])
+
+
+def evaluate_device(conn: Conn, device_id: str, cfg: EngineConfig) -> int:
+    """Evaluate every queued batch of one device in the caller's transaction; returns batches consumed.
+
+    Returns 0 without doing anything when another worker holds the device.
+    """
+    if not lock_device(conn, device_id):
+        return 0
+    queue = conn.execute(
+        "SELECT eval_id, min_ts, max_ts, xmin::text AS xid FROM eval_queue WHERE device_id = %s"
+        " ORDER BY eval_id",
+        (device_id,),
+    ).fetchall()
+    if not queue:
+        return 0
+    ids = [int(q["eval_id"]) for q in queue]
+    device = conn.execute("SELECT * FROM devices WHERE device_id = %s", (device_id,)).fetchone()
+    if device is not None:
+        lo, hi = min(q["min_ts"] for q in queue), max(q["max_ts"] for q in queue)
+        _evaluate_range(conn, device, (lo, hi, sorted({str(q["xid"]) for q in queue})), cfg)
+    conn.execute("DELETE FROM eval_queue WHERE eval_id = ANY(%s)", (ids,))
+    return len(ids)
+
+
+def _evaluate_range(
+    conn: Conn, device: dict[str, Any], span: tuple[datetime, datetime, list[str]], cfg: EngineConfig
+) -> None:
+    lo, hi, xids = span
+    device_id = device["device_id"]
+    rules = effective_rules(conn, device_id)
+    stored = conn.execute(
+        "SELECT rule_key, state FROM rule_state WHERE device_id = %s", (device_id,)
+    ).fetchall()
+    batch = _Batch(device, rules, {r["rule_key"]: dict(r["state"]) for r in stored}, cfg, datetime.now(UTC))
+    # Serialized copies: states hold nested windows that rules mutate in place.
+    batch.loaded = {r["rule_key"]: _dump(r["state"]) for r in stored}
+    items = fetch_items(conn, device_id, rules, lo - timedelta(microseconds=1), hi, xids=xids)
+    late: dict[str, list[Item]] = {}
+    for rule in rules:
+        if rule.kind != "absence":
+            old = _advance(conn, batch, rule, items)
+            if old:
+                late[rule.key] = old
+    if late:
+        _evaluate_late(conn, batch, late)
+    _clear_silence(conn, batch, hi)
+    _save(conn, batch, hi)
+
+
+def _advance(conn: Conn, batch: _Batch, rule: Rule, items: list[Item]) -> list[Item]:
+    """Feed the rule the items past its own watermark; return the ones before it (out of order).
+
+    The watermark is per rule (the newest item the rule has read), so a nightly upload whose
+    daily summary is stamped earlier than the day's events is still in order for its own rule.
+    """
+    state = batch.states.setdefault(rule.key, {})
+    mark = state.get("wm")
+    old: list[Item] = []
+    for item in items:
+        if not relevant(rule, item):
+            continue
+        if mark is not None and item.ts.timestamp() <= mark - batch.cfg.reorder_tolerance_s:
+            old.append(item)
+            continue
+        for signal in step(rule, state, item):
+            _apply_current(conn, batch, rule, signal)
+        state["wm"] = mark = max(mark or 0.0, item.ts.timestamp())
+    return old
+
+
+def fetch_items(
+    conn: Conn,
+    device_id: str,
+    rules: list[Rule],
+    after: datetime,
+    upto: datetime,
+    *,
+    limit: int | None = None,
+    xids: list[str] | None = None,
+) -> list[Item]:
+    """Readings and events in (after, upto] that any rule reads, in event-time order.
+
+    With `xids`, only the rows those transactions wrote: ingest writes a batch's rows and its
+    eval_queue row in one transaction, so the queue row's xmin names exactly the batch's data
+    and data read before (batches overlap in time) is not read again.
+    """
+    metrics = sorted({m for r in rules for m in r.metrics()})
+    types = sorted(
+        {t for r in rules for t in (r.params.get("event_types") or [r.params.get("event_type")]) if t}
+    )
+    tail = f" ORDER BY ts DESC LIMIT {int(limit)}" if limit else " ORDER BY ts"
+    own = " AND xmin = ANY(%s::xid[])" if xids is not None else ""
+    extra = (xids,) if xids is not None else ()
+    readings = conn.execute(
+        "SELECT ts, metric, value FROM readings WHERE device_id = %s AND ts > %s AND ts <= %s"
+        " AND metric = ANY(%s)" + own + tail,
+        (device_id, after, upto, metrics, *extra),
+    ).fetchall()
+    events = conn.execute(
+        "SELECT ts, type, data FROM events WHERE device_id = %s AND ts > %s AND ts <= %s"
+        " AND type = ANY(%s)" + own + tail,
+        (device_id, after, upto, types, *extra),
+    ).fetchall()
+    items: list[tuple[datetime, int, Item]] = [
+        (r["ts"], 0, Sample(r["ts"], r["metric"], float(r["value"]))) for r in readings
+    ]
+    items += [(e["ts"], 1, Event(e["ts"], e["type"], dict(e["data"]))) for e in events]
+    # Readings before events at the same instant; sort is stable for equal keys.
+    items.sort(key=lambda t: (t[0], t[1]))
+    return [t[2] for t in items]
+
+
+def _replay(rule: Rule, state: State, items: list[Item], sink: Callable[[Rule, Signal], None]) -> None:
+    for item in items:
+        for signal in step(rule, state, item):
+            sink(rule, signal)
+
+
+def _is_late(batch: _Batch, ts: datetime) -> bool:
+    return (batch.now - ts).total_seconds() > batch.cfg.late_after_s
+
+
+def _apply_current(conn: Conn, batch: _Batch, rule: Rule, signal: Signal) -> None:
+    if isinstance(signal, Fire):
+        result = alerts.fire(
+            conn, batch.device, rule, signal, late=_is_late(batch, signal.ts), actor=batch.cfg.actor
+        )
+        if result is not None and result[1] == "opened":
+            batch.touch(*result)
+    else:
+        resolved = alerts.auto_resolve(conn, batch.device["device_id"], rule, signal.ts, batch.cfg.actor)
+        if resolved is not None:
+            batch.touch(resolved, "resolved")
+
+
+def _evaluate_late(conn: Conn, batch: _Batch, late: dict[str, list[Item]]) -> None:
+    """Out-of-order items: per rule, everything it reads between its first and last late item (the
+    late ones and those around them it had already read) is evaluated again from a state warmed
+    with the hour before. Sustained conditions count only when they began and ended there; alert
+    fingerprints keep an episode that was already reported from being reported twice."""
+    device_id = batch.device["device_id"]
+    lo = min(i.ts for old in late.values() for i in old)
+    warm = fetch_items(
+        conn, device_id, batch.rules, lo - _WARMUP, lo - timedelta(microseconds=1), limit=_WARMUP_ROWS
+    )
+    open_episodes: dict[str, Fire] = {}
+
+    def sink(rule: Rule, signal: Signal) -> None:
+        if rule.kind not in _SUSTAINED:
+            if isinstance(signal, Fire):
+                _record_late(conn, batch, rule, signal, None)
+        elif isinstance(signal, Fire):
+            open_episodes.setdefault(rule.key, signal)
+        elif rule.key in open_episodes:
+            _record_late(conn, batch, rule, open_episodes.pop(rule.key), signal)
+
+    for rule in batch.rules:
+        if rule.key in late:
+            state: State = {}
+            first, last = late[rule.key][0].ts, late[rule.key][-1].ts
+            _replay(rule, state, [i for i in warm if relevant(rule, i) and i.ts < first], lambda r, s: None)
+            span = fetch_items(conn, device_id, [rule], first - timedelta(microseconds=1), last)
+            _replay(rule, state, [i for i in span if relevant(rule, i)], sink)
+
+
+def _record_late(conn: Conn, batch: _Batch, rule: Rule, fire: Fire, clear: Clear | None) -> None:
+    result = alerts.fire(conn, batch.device, rule, fire, late=True, actor=batch.cfg.actor)
+    if result is None:
+        return
+    alert_id, event = result
+    if clear is not None and event == "opened":
+        conn.execute(
+            """UPDATE alerts SET state = 'resolved', ended_at = %s, resolved_at = now()
+               WHERE alert_id = %s""",
+            (clear.ts, alert_id),
+        )
+        alerts.history(
+            conn,
+            alert_id,
+            "resolved",
+            batch.cfg.actor,
+            detail={"auto": True, "late": True, "ended_at": clear.ts.isoformat()},
+        )
+    if event == "opened":
+        batch.touch(alert_id, "opened")
+
+
+def _clear_silence(conn: Conn, batch: _Batch, hi: datetime) -> None:
+    # Data came in: a device that was silent is not any more.
+    for rule in batch.rules:
+        if rule.kind == "absence" and batch.states.get(rule.key, {}).pop("silent", False):
+            _apply_current(conn, batch, rule, Clear(hi))
+
+
+def _dump(state: State) -> str:
+    return json.dumps(state, sort_keys=True, default=str)
+
+
+def _save(conn: Conn, batch: _Batch, newest: datetime) -> None:
+    device_id = batch.device["device_id"]
+    for key, state in batch.states.items():
+        if _dump(state) == batch.loaded.get(key):
+            continue  # unchanged: no write
+        conn.execute(
+            """INSERT INTO rule_state (device_id, rule_key, state) VALUES (%s, %s, %s)
+               ON CONFLICT (device_id, rule_key) DO UPDATE SET state = EXCLUDED.state, updated_at = now()""",
+            (device_id, key, Jsonb(state)),
+        )
+    conn.execute(
+        """INSERT INTO device_eval_state (device_id, watermark, last_input_at) VALUES (%s, %s, now())
+           ON CONFLICT (device_id) DO UPDATE SET watermark = greatest(device_eval_state.watermark,
+               EXCLUDED.watermark), last_input_at = now(), updated_at = now()""",
+        (device_id, newest),
+    )
+    for alert_id, event in batch.touched.items():
+        alerts.enqueue(conn, alert_id, event, email=batch.cfg.email)

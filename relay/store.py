@@ -1,0 +1,292 @@
+"""What the REST API calls: alerts, webhooks, deliveries and rules, scoped to one org and audience.
+
+Every function takes an autocommit connection and an org id; an object of another org is
+`NotFound` (the API answers 404, never 403). Vendors (audience "vendor") see only technical alerts,
+as their minimal view; only the provider acknowledges and resolves. Bad input raises `InvalidInput`
+(or `RuleError`), a state that forbids the change raises `Conflict`: the API maps them to 4xx.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from pulsewire.errors import PulsewireError
+from relay import alerts
+from relay.rules import RuleError, validate
+from relay.signing import new_secret
+from relay.views import ALERT_SELECT, AUDIENCES, provider_view, view_for
+
+Conn = psycopg.Connection[dict[str, Any]]
+__all__ = ["Conflict", "InvalidInput", "NotFound", "RuleError"]
+
+
+class NotFound(PulsewireError):
+    """No such object in the caller's org."""
+
+
+class Conflict(PulsewireError):
+    """The object's state does not allow the change (e.g. acknowledging a resolved alert)."""
+
+
+class InvalidInput(PulsewireError):
+    """A value the caller sent is not acceptable; the message says which and why."""
+
+
+def _scope(org_id: int, audience: str) -> tuple[str, list[Any]]:
+    if audience not in AUDIENCES:
+        raise InvalidInput(f"audience must be provider or vendor, got {audience!r}")
+    if audience == "provider":
+        return "a.provider_org_id = %s", [org_id]
+    return "a.vendor_org_id = %s AND a.class = 'technical'", [org_id]
+
+
+def list_alerts(
+    conn: Conn,
+    org_id: int,
+    audience: str,
+    *,
+    state: str | None = None,
+    severity: str | None = None,
+    device_id: str | None = None,
+    limit: int = 100,
+    before_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """The org's alerts as its audience sees them, newest first (`before_id` pages back)."""
+    where, params = _scope(org_id, audience)
+    for column, value in (("a.state", state), ("a.severity", severity), ("a.device_id", device_id)):
+        if value is not None:
+            where += f" AND {column} = %s"
+            params.append(value)
+    if before_id is not None:
+        where += " AND a.alert_id < %s"
+        params.append(before_id)
+    params.append(max(1, min(limit, 1000)))
+    rows = conn.execute(ALERT_SELECT + f" WHERE {where} ORDER BY a.alert_id DESC LIMIT %s", params)
+    return [v for r in rows if (v := view_for(r, audience)) is not None]
+
+
+def get_alert(conn: Conn, org_id: int, audience: str, alert_id: int) -> dict[str, Any]:
+    """One alert as the audience sees it; the provider's view carries its history."""
+    row = _alert_row(conn, org_id, audience, alert_id)
+    view = view_for(row, audience)
+    assert view is not None
+    if audience == "provider":
+        view["history"] = [
+            {
+                "at": h["at"].isoformat(),
+                "action": h["action"],
+                "actor": h["actor"],
+                "user_id": h["user_id"],
+                "detail": h["detail"],
+            }
+            for h in conn.execute(
+                "SELECT * FROM alert_history WHERE alert_id = %s ORDER BY history_id", (alert_id,)
+            )
+        ]
+    return view
+
+
+def _alert_row(conn: Conn, org_id: int, audience: str, alert_id: int) -> dict[str, Any]:
+    where, params = _scope(org_id, audience)
+    row = conn.execute(ALERT_SELECT + f" WHERE a.alert_id = %s AND {where}", [alert_id, *params]).fetchone()
+    if row is None:
+        raise NotFound(f"no alert {alert_id}")
+    return row
+
+
+def acknowledge(conn: Conn, org_id: int, alert_id: int, user_id: int) -> dict[str, Any]:
+    """Acknowledge an open alert of the provider org, as `user_id`; returns the new view."""
+    return _change(conn, org_id, alert_id, user_id, "acknowledged")
+
+
+def resolve(conn: Conn, org_id: int, alert_id: int, user_id: int) -> dict[str, Any]:
+    """Resolve an alert of the provider org, as `user_id`; returns the new view."""
+    return _change(conn, org_id, alert_id, user_id, "resolved")
+
+
+def _change(conn: Conn, org_id: int, alert_id: int, user_id: int, action: str) -> dict[str, Any]:
+    with conn.transaction():
+        row = _alert_row(conn, org_id, "provider", alert_id)
+        if not alerts.set_state(conn, alert_id, action, user_id, f"user:{user_id}"):
+            raise Conflict(f"alert {alert_id} is {row['state']}; it cannot be {action}")
+        if action == "resolved":
+            alerts.enqueue(conn, alert_id, "resolved", email=False)
+        else:
+            alerts.notify(conn, row, action)
+        new = conn.execute(ALERT_SELECT + " WHERE a.alert_id = %s", (alert_id,)).fetchone()
+    assert new is not None
+    return provider_view(new)
+
+
+def create_webhook(conn: Conn, org_id: int, url: str) -> dict[str, Any]:
+    """Register a webhook for the org; the returned dict holds the signing `secret`, shown only now."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2000:
+        raise InvalidInput(f"webhook url must be an http(s) URL with a host, got {url!r}")
+    secret = new_secret()
+    try:
+        row = conn.execute(
+            """INSERT INTO webhooks (org_id, url, secret) VALUES (%s, %s, %s)
+               RETURNING webhook_id, org_id, url, enabled, created_at""",
+            (org_id, url, secret),
+        ).fetchone()
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise NotFound(f"no org {org_id}") from exc
+    assert row is not None
+    return {**row, "secret": secret}
+
+
+def list_webhooks(conn: Conn, org_id: int) -> list[dict[str, Any]]:
+    """The org's webhooks, without their secrets."""
+    return list(
+        conn.execute(
+            "SELECT webhook_id, org_id, url, enabled, created_at FROM webhooks WHERE org_id = %s"
+            " ORDER BY webhook_id",
+            (org_id,),
+        )
+    )
+
+
+def delete_webhook(conn: Conn, org_id: int, webhook_id: int) -> None:
+    """Delete one of the org's webhooks; its pending deliveries go `dead` when next tried."""
+    cur = conn.execute("DELETE FROM webhooks WHERE webhook_id = %s AND org_id = %s", (webhook_id, org_id))
+    if cur.rowcount == 0:
+        raise NotFound(f"no webhook {webhook_id}")
+
+
+def list_deliveries(
+    conn: Conn, org_id: int, *, state: str | None = None, alert_id: int | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The org's deliveries (newest first), each with its attempts."""
+    where, params = "o.org_id = %s", list[Any]([org_id])
+    for column, value in (("o.state", state), ("o.alert_id", alert_id)):
+        if value is not None:
+            where += f" AND {column} = %s"
+            params.append(value)
+    params.append(max(1, min(limit, 1000)))
+    rows = conn.execute(
+        f"""SELECT o.delivery_id, o.alert_id, o.event, o.audience, o.channel, o.webhook_id, o.state,
+                   o.attempts, o.next_attempt_at, o.last_error, o.created_at, o.delivered_at,
+                   coalesce((SELECT jsonb_agg(jsonb_build_object(
+                                 'at', t.at, 'ok', t.ok, 'status_code', t.status_code,
+                                 'error', t.error, 'duration_ms', t.duration_ms) ORDER BY t.attempt_id)
+                             FROM delivery_attempts t WHERE t.delivery_id = o.delivery_id),
+                            '[]') AS attempt_log
+            FROM outbox o WHERE {where} ORDER BY o.delivery_id DESC LIMIT %s""",
+        params,
+    )
+    return list(rows)
+
+
+_RULE_COLUMNS = (
+    "rule_id, key, name, device_kind, model, device_id, provider_org_id, kind, params, "
+    "severity, class, auto_resolve, enabled, created_at, updated_at"
+)
+
+
+def list_rules(conn: Conn, org_id: int, device_kind: str | None = None) -> list[dict[str, Any]]:
+    """The global defaults and the org's own rules."""
+    where, params = "(provider_org_id IS NULL OR provider_org_id = %s)", list[Any]([org_id])
+    if device_kind is not None:
+        where += " AND device_kind = %s"
+        params.append(device_kind)
+    return list(
+        conn.execute(f"SELECT {_RULE_COLUMNS} FROM rules WHERE {where} ORDER BY key, rule_id", params)
+    )
+
+
+def create_rule(conn: Conn, org_id: int, data: dict[str, Any]) -> dict[str, Any]:
+    """Add a rule of the org, scoped to a device kind, a model or one of its devices."""
+    rule = _rule_fields(data)
+    if rule["device_id"] is not None:
+        owned = conn.execute(
+            "SELECT kind FROM devices WHERE device_id = %s AND provider_org_id = %s",
+            (rule["device_id"], org_id),
+        ).fetchone()
+        if owned is None or owned["kind"] != rule["device_kind"]:
+            raise NotFound(f"no {rule['device_kind']} device {rule['device_id']}")
+    try:
+        row = conn.execute(
+            f"""INSERT INTO rules (key, name, device_kind, model, device_id, provider_org_id, kind, params,
+                                   severity, class, auto_resolve, enabled)
+                VALUES (%(key)s, %(name)s, %(device_kind)s, %(model)s, %(device_id)s, %(org)s, %(kind)s,
+                        %(params)s, %(severity)s, %(class)s, %(auto_resolve)s, %(enabled)s)
+                RETURNING {_RULE_COLUMNS}""",
+            {**rule, "org": org_id, "params": Jsonb(rule["params"])},
+        ).fetchone()
+    except psycopg.errors.UniqueViolation as exc:
+        raise Conflict(f"a rule {rule['key']!r} with this scope already exists") from exc
+    except psycopg.errors.CheckViolation as exc:
+        raise InvalidInput(str(exc).splitlines()[0]) from exc
+    assert row is not None
+    return row
+
+
+def _rule_fields(data: dict[str, Any]) -> dict[str, Any]:
+    missing = [k for k in ("key", "name", "device_kind", "kind", "severity", "class") if k not in data]
+    if missing:
+        raise InvalidInput(f"a rule needs {', '.join(missing)}")
+    if data["device_kind"] not in ("implant", "vehicle"):
+        raise InvalidInput(f"device_kind must be implant or vehicle, got {data['device_kind']!r}")
+    params = data.get("params") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput("params must be an object")
+    validate(data["kind"], params, data["severity"], data["class"])
+    return {
+        "key": data["key"],
+        "name": data["name"],
+        "device_kind": data["device_kind"],
+        "model": data.get("model"),
+        "device_id": data.get("device_id"),
+        "kind": data["kind"],
+        "params": params,
+        "severity": data["severity"],
+        "class": data["class"],
+        "auto_resolve": bool(data.get("auto_resolve", False)),
+        "enabled": bool(data.get("enabled", True)),
+    }
+
+
+def patch_rule(conn: Conn, org_id: int, rule_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+    """Tune a rule. The org's own rule changes in place; a global default gets an org override
+    (same key and scope, for this provider only), so other providers keep the default."""
+    allowed = {"name", "params", "severity", "class", "auto_resolve", "enabled"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise InvalidInput(f"cannot change {', '.join(sorted(unknown))}")
+    current = conn.execute(
+        f"SELECT {_RULE_COLUMNS} FROM rules WHERE rule_id = %s AND (provider_org_id IS NULL"
+        " OR provider_org_id = %s)",
+        (rule_id, org_id),
+    ).fetchone()
+    if current is None:
+        raise NotFound(f"no rule {rule_id}")
+    merged = {**current, **changes}
+    merged["params"] = {**current["params"], **(changes.get("params") or {})}
+    fields = _rule_fields(merged)
+    if current["provider_org_id"] is None:
+        return create_rule(conn, org_id, fields)
+    row = conn.execute(
+        f"""UPDATE rules SET name = %(name)s, params = %(params)s, severity = %(severity)s,
+                   class = %(class)s, auto_resolve = %(auto_resolve)s, enabled = %(enabled)s,
+                   updated_at = now()
+            WHERE rule_id = %(rule_id)s RETURNING {_RULE_COLUMNS}""",
+        {**fields, "params": Jsonb(fields["params"]), "rule_id": rule_id},
+    ).fetchone()
+    assert row is not None
+    return row
+
+
+def set_contacts(conn: Conn, org_id: int, emails: list[str]) -> None:
+    """Replace the org's e-mail recipients for alerts."""
+    with conn.transaction():
+        conn.execute("DELETE FROM org_contacts WHERE org_id = %s", (org_id,))
+        for email in emails:
+            try:
+                conn.execute("INSERT INTO org_contacts (org_id, email) VALUES (%s, %s)", (org_id, email))
+            except psycopg.errors.CheckViolation as exc:
+                raise InvalidInput(f"not an e-mail address: {email!r}") from exc
