@@ -43,11 +43,18 @@ def test_up_runs_everything_and_ctrl_c_stops_it() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSEWIRE_")}
     env.update(PULSEWIRE_STATE_DIR=str(state_dir), PULSEWIRE_API_PORT=str(port))
     log = (state_dir / "up.log").open("wb")
-    up = subprocess.Popen([sys.executable, "-m", "pulsewire", "up", "--simulate", "2"],
-                          env=env, stdout=log, stderr=subprocess.STDOUT)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "pulsewire", "up", "--simulate", "2"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        _wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200,
-                  90, "the dashboard")
+        _wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200,
+            90,
+            "the dashboard",
+        )
         info = Stack(state_dir).status()
         assert info is not None and info.running
 
