@@ -84,6 +84,7 @@ def _start_children(env: dict[str, str], args: argparse.Namespace) -> list[Child
     if args.simulate:
         commands["simulate"] = [
             "simulate",
+            "--live",
             "--kind",
             "mixed",
             "--devices",

@@ -2,7 +2,9 @@
 
 Without `--scenario`, every device streams live telemetry at `--rate` messages per second for
 `--duration` seconds (load mode). With `--scenario NAME`, every device plays that scenario in
-compressed event time and the summary lists the alerts it must produce.
+compressed event time and the summary lists the alerts it must produce. With `--live` (what
+`pulsewire up` runs), the fleet lives on a simulated clock at `--time-scale`, starting with a day
+of history, with seeded incidents now and then, until SIGTERM/SIGINT or `--duration` seconds.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
 from typing import Any
 
 from devices.simulator.fleet import Fleet, summary_line
+from devices.simulator.live import LiveOptions, run_live
 from devices.simulator.registration import ensure_devices
 from devices.simulator.runner import DeviceLogin, run_scenario
 from devices.simulator.scenarios import available, load
@@ -27,26 +31,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=["implant", "vehicle", "mixed"], default="mixed")
     parser.add_argument("--devices", type=int, default=10, help="fleet size")
     parser.add_argument("--rate", type=float, default=1.0, help="messages per second per device (load mode)")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load (load mode)")
+    parser.add_argument(
+        "--duration", type=float, help="wall seconds (load mode: default 10; live: default 0 = until stopped)"
+    )
+    parser.add_argument(
+        "--live", action="store_true", help="a continuous fleet on a simulated clock until stopped"
+    )
     parser.add_argument(
         "--readings-per-message", type=int, default=1, help="readings per message (load mode)"
     )
     parser.add_argument("--scenario", help=f"play a scenario: {', '.join(available())}")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--time-scale", type=float, help="event seconds per wall second (scenario mode)")
+    parser.add_argument(
+        "--time-scale", type=float, help="event seconds per wall second (scenario: its own; live: 60)"
+    )
     parser.add_argument("--max-inflight", type=int, default=50, help="unacknowledged messages per device")
     parser.add_argument("--json", action="store_true", help="print one JSON summary at the end")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Register (or reuse) the devices, run, print the summary; 0 when nothing failed."""
+    if args.live and args.scenario:
+        print("pulsewire simulate: --live and --scenario do not go together", file=sys.stderr)
+        return 2
     scenario = load(args.scenario) if args.scenario else None
     kind = scenario.kind if scenario else args.kind
     kinds = [
         ("implant" if i % 2 == 0 else "vehicle") if kind == "mixed" else kind for i in range(args.devices)
     ]
     logins = ensure_devices(settings, kinds)
-    runner = _scenario_main(settings, args, logins) if args.scenario else _load_main(settings, args, logins)
+    if args.live:
+        runner = _live_main(settings, args, logins)
+    elif args.scenario:
+        runner = _scenario_main(settings, args, logins)
+    else:
+        runner = _load_main(settings, args, logins)
     summary = asyncio.run(runner)
     if args.json:
         print(json.dumps(summary))
@@ -86,7 +105,10 @@ async def _load_main(
     await fleet.connect()
     try:
         report = await fleet.run_load(
-            args.rate, args.duration, readings_per_message=args.readings_per_message, on_tick=display
+            args.rate,
+            10.0 if args.duration is None else args.duration,
+            readings_per_message=args.readings_per_message,
+            on_tick=display,
         )
     finally:
         await fleet.close()
@@ -138,3 +160,28 @@ async def _scenario_main(
         "device_ids": [r.device_id for r in runs][:20],
         "last_error": counters.last_error,
     }
+
+
+async def _live_main(
+    settings: Settings, args: argparse.Namespace, logins: list[DeviceLogin]
+) -> dict[str, Any]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    options = LiveOptions(
+        time_scale=args.time_scale or 60.0,
+        duration_s=args.duration or None,
+        seed=args.seed,
+        max_inflight=args.max_inflight,
+    )
+    counters = Counters()
+    display = _Display(counters, quiet=False)
+    ticker = asyncio.create_task(display.every_second())
+    try:
+        report = await run_live(logins, settings.mqtt(), options, stop=stop, counters=counters)
+    finally:
+        ticker.cancel()
+    if display.tty:
+        sys.stderr.write("\n")
+    return report.to_json()
