@@ -93,6 +93,11 @@ def _start_children(env: dict[str, str], args: argparse.Namespace) -> list[Child
             "0",
             "--time-scale",
             str(args.time_scale),
+            # An hour behind: a day of history at once, caught up within a minute, then incidents
+            # that page as current alerts a few minutes in.
+            "--lag",
+            "3600",
+            "--quiet",
         ]
     children = []
     for name, command in commands.items():

@@ -46,6 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--time-scale", type=float, help="event seconds per wall second (scenario: its own; live: 60)"
     )
     parser.add_argument("--max-inflight", type=int, default=50, help="unacknowledged messages per device")
+    parser.add_argument(
+        "--lag",
+        type=float,
+        default=86_400.0,
+        metavar="S",
+        help="live mode: start the simulated clock S seconds behind now (that much history replays "
+        "at --time-scale until it catches up; incidents follow a few minutes after)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no live display (the summary still prints)")
     parser.add_argument("--json", action="store_true", help="print one JSON summary at the end")
 
 
@@ -173,10 +182,11 @@ async def _live_main(
         time_scale=args.time_scale or 60.0,
         duration_s=args.duration or None,
         seed=args.seed,
+        lag_s=max(0.0, args.lag),
         max_inflight=args.max_inflight,
     )
     counters = Counters()
-    display = _Display(counters, quiet=False)
+    display = _Display(counters, quiet=args.quiet)
     ticker = asyncio.create_task(display.every_second())
     try:
         report = await run_live(logins, settings.mqtt(), options, stop=stop, counters=counters)

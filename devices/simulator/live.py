@@ -66,6 +66,12 @@ class SimClock:
         self.origin = self.wall0 - timedelta(seconds=lag_s)
         self._mono0 = time.monotonic()
 
+    @property
+    def catch_up_s(self) -> float:
+        """Event seconds from the start until this clock reaches the wall clock (it then keeps pace)."""
+        lag_s = (self.wall0 - self.origin).total_seconds()
+        return lag_s * self.scale / (self.scale - 1) if self.scale > 1 else lag_s
+
     def now(self) -> datetime:
         """The current event time."""
         elapsed = (time.monotonic() - self._mono0) * self.scale
@@ -126,7 +132,7 @@ async def run_live(
     """Run the fleet until `stop` is set (or `duration_s` passes); every device says `offline` at the end."""
     counters = counters or Counters()
     clock = SimClock(options.time_scale, options.lag_s)
-    plan = incident_plan([(lg.device_id, lg.kind) for lg in logins], options.seed)
+    plan = incident_plan([(lg.device_id, lg.kind) for lg in logins], options.seed, clock.catch_up_s)
     sources = [make_source(lg, options.seed, clock, options.history_s, plan) for lg in logins]
     began = time.monotonic()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)

@@ -38,14 +38,16 @@ from devices.simulator.signals import (
 HEARTBEAT_S = 1800.0  # parked vehicle; well inside 1.5 x the default 3,600 s heartbeat_s
 SAMPLE_S, BATCH_SAMPLES = 5.0, 6  # vehicle telemetry: a 5 s sample, a batch every 30 s
 OUTBOX_MAX = 1000  # messages waiting after commands; more means nobody drains them
-# Incident kind -> (device kind, the rules it must trip, when it happens in seconds from the live start).
+# Incident kind -> (device kind, the rules it must trip, when its alert is due: seconds after the
+# simulated clock has caught up with the wall clock). Placing them after the catch-up makes them current
+# alerts that page, not late ones recorded from a backlog.
 INCIDENTS: dict[str, tuple[str, tuple[str, ...], tuple[float, float]]] = {
-    # The episode starts in the history and ends within the first simulated hours.
-    "af_episode": ("implant", ("implant.af_burden_high",), (-6.5 * HOUR_S, -5.5 * HOUR_S)),
-    "overheating": ("vehicle", ("vehicle.overheating",), (0.5 * HOUR_S, 3 * HOUR_S)),
-    "new_dtc": ("vehicle", ("vehicle.dtc_confirmed", "vehicle.mil_on"), (1 * HOUR_S, 5 * HOUR_S)),
-    "battery_eri": ("implant", ("implant.battery_eri",), (6 * HOUR_S, 12 * HOUR_S)),
+    "af_episode": ("implant", ("implant.af_burden_high",), (30.0, 120.0)),
+    "overheating": ("vehicle", ("vehicle.overheating",), (60.0, 180.0)),
+    "new_dtc": ("vehicle", ("vehicle.dtc_confirmed", "vehicle.mil_on"), (90.0, 240.0)),
+    "battery_eri": ("implant", ("implant.battery_eri",), (180.0, 420.0)),
 }
+REPEAT_EVERY_S = 15 * 60  # the n-th incident of a kind on a large fleet comes this much later
 DEVICES_PER_INCIDENT = 10  # one incident of each kind per ten devices of its kind (at least one)
 
 
@@ -70,8 +72,12 @@ class Incident:
         }
 
 
-def incident_plan(devices: list[tuple[str, str]], seed: int) -> list[Incident]:
-    """Seeded incidents for `devices` (device_id, kind): the same seed and fleet give the same plan."""
+def incident_plan(devices: list[tuple[str, str]], seed: int, catch_up_s: float = 0.0) -> list[Incident]:
+    """Seeded incidents for `devices` (device_id, kind): the same seed and fleet give the same plan.
+
+    `catch_up_s` is when (seconds from the live start, in event time) the simulated clock reaches the
+    wall clock; every incident's alert falls due a few minutes after it.
+    """
     rng = rng_for(seed, "live-incidents")
     plan: list[Incident] = []
     for action, (kind, rules, (lo, hi)) in INCIDENTS.items():
@@ -81,9 +87,19 @@ def incident_plan(devices: list[tuple[str, str]], seed: int) -> list[Incident]:
         order = rng.permutation(len(ids))
         for n in range(max(1, len(ids) // DEVICES_PER_INCIDENT)):
             device_id = ids[int(order[(n * 2 + (action == "battery_eri")) % len(ids)])]
-            at_s = float(rng.uniform(lo, hi)) + n * 4 * HOUR_S
-            plan.append(Incident(device_id, action, round(at_s), rules, _incident_args(action, rng)))
+            due_s = catch_up_s + float(rng.uniform(lo, hi)) + n * REPEAT_EVERY_S
+            args = _incident_args(action, rng)
+            plan.append(Incident(device_id, action, round(due_s - _lead_s(action, args)), rules, args))
     return sorted(plan, key=lambda i: i.at_s)
+
+
+def _lead_s(action: str, args: dict[str, Any]) -> float:
+    """How long before its alert is due an incident starts."""
+    if action == "af_episode":  # the alert transmission follows the episode's end
+        return float(args["duration_s"]) + 120
+    if action == "overheating":  # hot after `overheat_after_s`, and the rule wants 60 s of it
+        return float(args["overheat_after_s"]) + 60
+    return 0.0
 
 
 def _incident_args(action: str, rng: np.random.Generator) -> dict[str, Any]:
