@@ -34,11 +34,16 @@ async def _connect(database_url: str) -> psycopg.AsyncConnection[dict[str, Any]]
 
 
 async def subscribe(database_url: str, org_id: int, audience: str) -> AsyncIterator[dict[str, Any]]:
-    """Yield `{"event": ..., "alert": view}` for every change of the org's alerts, as they commit."""
+    """Yield `{"event": ..., "alert": view}` for every change of the org's alerts, as they commit.
+
+    The first item is `{"event": "ready", "alert": None}`, once LISTEN is in place: every alert that
+    commits after it is delivered, so a client can tell "connected" from "listening".
+    """
     # Two connections: the notifies generator holds its connection while it runs.
     listener, reader = await _connect(database_url), await _connect(database_url)
     async with listener, reader:
         await listener.execute(f"LISTEN {ALERTS_CHANNEL}")
+        yield {"event": "ready", "alert": None}
         async for note in listener.notifies():
             try:
                 data = json.loads(note.payload)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -129,7 +128,9 @@ def test_ack_and_resolve_lifecycle(
     assert _ids(clients["provider"].get("/api/v1/alerts", params={"state": "resolved"})) == {alert_id}
 
 
-def _read_events(api: ApiServer, token: str, out: list[dict[str, Any]], until: str) -> None:
+def _read_events(
+    api: ApiServer, token: str, out: list[dict[str, Any]], until: str, listening: threading.Event
+) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     with (
         httpx.Client(base_url=api.url, headers=headers, timeout=httpx.Timeout(10, read=10)) as c,
@@ -138,31 +139,14 @@ def _read_events(api: ApiServer, token: str, out: list[dict[str, Any]], until: s
         assert response.headers["content-type"].startswith("text/event-stream")
         event = None
         for line in response.iter_lines():
-            if line.startswith("event: "):
+            if line == ": connected":  # the server LISTENs from here on: no later change is missed
+                listening.set()
+            elif line.startswith("event: "):
                 event = line[7:]
             elif line.startswith("data: "):
                 out.append({"event": event, "alert": json.loads(line[6:])})
                 if event == until:
                     return
-
-
-def _probe_until_listening(world: World, alert_id: int, got: list[dict[str, Any]]) -> None:
-    # The stream LISTENs a moment after it opens: notify a probe until one comes through, so the
-    # change made next cannot be missed.
-    note = {
-        "alert_id": alert_id,
-        "event": "probe",
-        "provider_org_id": world.clinic_id,
-        "vendor_org_id": world.implant_vendor_id,
-        "class": "technical",
-    }
-    with connect(world.db_url, autocommit=True) as c:
-        for _ in range(100):
-            c.execute("SELECT pg_notify('pulsewire_alerts', %s)", (json.dumps(note),))
-            if got:
-                return
-            time.sleep(0.1)
-    raise AssertionError("the stream never started listening")
 
 
 @pytest.mark.parametrize("who", ["provider", "vendor"])
@@ -176,9 +160,10 @@ def test_sse_stream_delivers_changes_in_the_audience_view(  # noqa: PLR0917 (fix
 ) -> None:
     got: list[dict[str, Any]] = []
     event = "acknowledged" if who == "provider" else "resolved"
-    reader = threading.Thread(target=_read_events, args=(api, users.tokens[who], got, event))
+    listening = threading.Event()
+    reader = threading.Thread(target=_read_events, args=(api, users.tokens[who], got, event, listening))
     reader.start()
-    _probe_until_listening(world, alerts["spare"], got)
+    assert listening.wait(10), "the stream never said it was listening"
     action = "ack" if who == "provider" else "resolve"
     assert clients["provider"].post(f"/api/v1/alerts/{alerts['spare']}/{action}").status_code == 200
     reader.join(10)

@@ -276,9 +276,10 @@ async def test_sse_feed_gives_each_audience_its_view(world: World, db_url: str) 
     await asyncio.to_thread(world.add_device, "icd-sse")
     vendor_feed = sse.subscribe(db_url, world.implant_vendor_id, "vendor")
     provider_feed = sse.subscribe(db_url, world.clinic_id, "provider")
+    assert (await anext(vendor_feed))["event"] == "ready"  # both LISTEN before the alerts commit
+    assert (await anext(provider_feed))["event"] == "ready"
     first_vendor = asyncio.ensure_future(anext(vendor_feed))
     first_provider = asyncio.ensure_future(anext(provider_feed))
-    await asyncio.sleep(0.5)  # both LISTEN before the alerts commit
 
     def write() -> None:
         from tests.relay_support import evaluate

@@ -121,7 +121,7 @@ async def _sse_body(source: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]
 
     task = asyncio.create_task(pump())
     try:
-        yield "retry: 3000\n: connected\n\n"
+        yield "retry: 3000\n\n"
         while True:
             try:
                 item = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
@@ -130,6 +130,9 @@ async def _sse_body(source: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]
                 continue
             if item is None:
                 return
+            if item["event"] == "ready":  # LISTEN is in place: nothing committed from now on is missed
+                yield ": connected\n\n"
+                continue
             data = json.dumps(item["alert"], separators=(",", ":"), default=str)
             yield f"event: {item['event']}\ndata: {data}\n\n"
     finally:
