@@ -14,6 +14,7 @@ from dashboards.auth import (
     SESSION_COOKIE,
     Principal,
     SessionConfig,
+    csrf_valid,
     principal_from_session,
     principal_from_token,
 )
@@ -26,6 +27,9 @@ MAX_PAGE = 500
 _bearer = HTTPBearer(
     auto_error=False, description="an API token (`pulsewire users add` or POST /api/v1/tokens)"
 )
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_HEADER = "X-CSRF-Token"
 
 
 def get_settings(request: Request) -> Settings:
@@ -65,7 +69,14 @@ async def get_principal(
     if credentials is not None:
         principal = await principal_from_token(conn, credentials.credentials)
     elif cookie := request.cookies.get(SESSION_COOKIE):
-        principal = await principal_from_session(conn, get_session_config(request), cookie)
+        config = get_session_config(request)
+        # A browser sends the cookie by itself: a write made with it must also prove it comes from
+        # one of our pages (the session's CSRF token in a header), not from another site's form.
+        if request.method not in SAFE_METHODS and not csrf_valid(
+            config, cookie, request.headers.get(CSRF_HEADER)
+        ):
+            raise ApiError(403, f"a write with a session cookie needs the {CSRF_HEADER} header")
+        principal = await principal_from_session(conn, config, cookie)
     if principal is None:
         raise ApiError(401, "missing, invalid or revoked credentials", headers={"WWW-Authenticate": "Bearer"})
     request.state.principal = principal

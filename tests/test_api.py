@@ -391,6 +391,13 @@ async def test_session_cookie_and_csrf(api: ApiServer, users: Users, world: Worl
     assert not auth.csrf_valid(config, cookie, token[:-1] + "x") and not auth.csrf_valid(
         config, forged, token
     )
+    # A write made with the session cookie alone (another site's form) is refused; with the
+    # session's CSRF token in the header, as our pages' scripts send it, it goes through.
+    async with httpx.AsyncClient(base_url=api.url, cookies={SESSION_COOKIE: cookie}) as c:
+        refused = await c.post("/api/v1/tokens", json={"name": "from-a-form"})
+        assert refused.status_code == 403 and "X-CSRF-Token" in refused.json()["error"]["message"]
+        made = await c.post("/api/v1/tokens", json={"name": "from-a-page"}, headers={"X-CSRF-Token": token})
+        assert made.status_code == 201, made.text
     async with await psycopg.AsyncConnection.connect(
         world.db_url, autocommit=True, row_factory=dict_row
     ) as conn:
