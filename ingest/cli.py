@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -13,6 +14,7 @@ from ingest.service import IngestService, default_client_id
 from pulsewire.settings import Settings
 
 log = logging.getLogger("ingest")
+SWITCH_INTERVAL_S = 0.0005
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run until SIGTERM or SIGINT, then flush, commit, ack and disconnect."""
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The writer thread waits on PostgreSQL about ten times a batch; each time the answer is in, it
+    # needs the GIL back from the busy network thread, which by default holds it up to 5 ms.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     client_id = args.client_id or default_client_id(settings.state_dir)
     service = IngestService(settings, client_id=client_id, share_group=args.share_group)
     if args.metrics_port:

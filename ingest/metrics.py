@@ -39,7 +39,7 @@ class IngestMetrics:
             "pulsewire_ingest_db_retries", "batch writes retried after a database error", registry=r
         )
         self.queue_depth = Gauge(
-            "pulsewire_ingest_queue_depth", "messages waiting for the writer", registry=r
+            "pulsewire_ingest_queue_depth", "validated batches waiting for the writer", registry=r
         )
 
     def watch_queue(self, depth: Callable[[], int]) -> None:

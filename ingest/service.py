@@ -1,12 +1,13 @@
-"""An ingest worker: consumer → bounded queue → writer thread (validate, batch, commit, ack).
+"""An ingest worker: a network thread (MQTT + validation) and a writer thread (commit), batches between.
 
-paho's network thread only puts raw messages on a bounded queue; when the queue is full it blocks,
-paho stops reading the socket and the broker holds the rest (backpressure, not memory growth). One
-writer thread drains the queue into batches (`batch_max_rows` rows or `flush_interval_ms`), validates
-them, commits each in one transaction and only then acks its messages: a crash loses nothing, and a
-redelivery is deduplicated by `ingest_log`. While PostgreSQL is away the same batch is retried with
-capped backoff. Threads, not asyncio: the work is CPU-bound under the GIL and paho's own thread is
-the fastest MQTT receiver we have.
+The network thread drives paho itself (`Consumer.pump`), validates each message as it arrives and
+builds batches (`batch_max_rows` rows or `flush_interval_ms`); it hands whole batches to the writer
+thread over a bounded queue (`HANDOFF_BATCHES`). When that queue is full the network thread stops
+reading the socket and the broker holds the rest (backpressure, not memory growth). The writer thread
+commits each batch in one transaction and only then passes its acks back; the network thread sends
+them, a batch at a time. A crash loses nothing, and a redelivery is deduplicated by `ingest_log`.
+While PostgreSQL is away the same batch is retried with capped backoff. The writer spends most of
+its time in PostgreSQL with the GIL released, so validation and commit overlap.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import queue
 import socket
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, deque
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from ingest._consumer import SHARE_GROUP, Consumer, Received, shared_topics
+from ingest._consumer import SHARE_GROUP, Ack, Consumer, Received, shared_topics
 from ingest.metrics import IngestMetrics
 from ingest.validate import Quarantined, Telemetry, Validated, validate
 from ingest.writer import BatchOutcome, BatchWriter
@@ -35,17 +36,19 @@ from schemas.payloads import QuarantineReason
 log = logging.getLogger(__name__)
 
 Raw = Received  # topic, payload, mid, qos, connection
+HANDOFF_BATCHES = 2  # validated batches waiting for the writer (the memory bound, with the two in hand)
 REGISTRY_RELOAD_S = 2.0  # a device added a moment ago is accepted after at most this long
 MAINTENANCE_EVERY_S = 3600.0
 MAINTENANCE_RETRY_S = 60.0
 RETRY_MIN_S, RETRY_MAX_S = 0.1, 5.0
 _POLL_S = 0.2
+_BUSY_POLL_S = 0.005  # past the flush deadline, waiting for the writer to take the next batch
 
 
 @dataclass
 class _Batch:
-    raws: list[Raw]
-    items: list[Validated]
+    raws: list[Raw] = field(default_factory=list)
+    items: list[Validated] = field(default_factory=list)
     rows: int = 0
 
 
@@ -56,12 +59,15 @@ class IngestService:
         self.settings = settings
         self.client_id = client_id
         self.metrics = IngestMetrics()
-        self._queue: queue.Queue[Raw] = queue.Queue(maxsize=settings.queue_max_messages)
-        self.metrics.watch_queue(self._queue.qsize)
+        self._handoff: queue.Queue[_Batch | None] = queue.Queue(maxsize=HANDOFF_BATCHES)
+        self.metrics.watch_queue(self._handoff.qsize)
+        self._acks: deque[list[Ack]] = deque()  # committed batches' acks, writer → network thread
         self._intake_closed = threading.Event()
         self._abandon = threading.Event()
         self._writer = BatchWriter(settings.require_database_url())
-        self._consumer = Consumer(settings.mqtt(), client_id, self._enqueue, shared_topics(share_group))
+        self._consumer = Consumer(settings.mqtt(), client_id, self._receive, shared_topics(share_group))
+        self._batch = _Batch()
+        self._net = threading.Thread(target=self._net_loop, name=f"ingest-net-{client_id}", daemon=True)
         self._thread = threading.Thread(
             target=self._write_loop, name=f"ingest-writer-{client_id}", daemon=True
         )
@@ -71,85 +77,113 @@ class IngestService:
         self.totals = BatchOutcome()
 
     def start(self) -> None:
-        """Start the writer thread and connect to the broker."""
+        """Start the writer thread and the network thread (which connects to the broker)."""
         self._thread.start()
-        self._consumer.start()
+        self._net.start()
 
     def wait_subscribed(self, timeout_s: float) -> bool:
         """Whether the shared subscriptions are in place within `timeout_s`."""
         return self._consumer.subscribed.wait(timeout_s)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop intake, commit and ack what is queued, then disconnect.
+        """Stop intake, commit and ack what is in hand, then disconnect.
 
         A batch still failing after `timeout_s` is abandoned unacked: the broker redelivers it.
         """
         self._intake_closed.set()
         self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            self._abandon.set()
-            self._thread.join(RETRY_MAX_S + 1)
-        self._consumer.stop()
+        # The writer is done, or abandons its batch now: nothing more is handed to it either way.
+        self._abandon.set()
+        self._thread.join(RETRY_MAX_S + 1)
+        self._net.join(timeout_s)
         self._writer.close()
 
     @property
     def alive(self) -> bool:
-        """Whether the writer thread runs."""
-        return self._thread.is_alive()
+        """Whether the network and writer threads run."""
+        return self._net.is_alive() and self._thread.is_alive()
 
-    def _enqueue(self, raw: Raw) -> None:
-        # Runs in paho's thread. Blocking here is the backpressure; once intake is closed the
-        # message is left unacked, so the broker keeps it for this session's next connection.
-        while not self._intake_closed.is_set():
-            try:
-                self._queue.put(raw, timeout=_POLL_S)
-                return
-            except queue.Full:
-                continue
+    # -- network thread -------------------------------------------------------------------------
 
-    def _write_loop(self) -> None:
-        while True:
-            self._maybe_maintain()
-            batch = self._collect()
-            if batch.raws:
-                self._commit(batch)
-            elif self._intake_closed.is_set() and self._queue.empty():
-                return
+    def _net_loop(self) -> None:
+        try:
+            while not self._intake_closed.is_set():
+                self._send_acks()
+                batch = self._collect()
+                if batch.raws:
+                    self._hand_off(batch)
+            self._hand_off(None)
+            while self._thread.is_alive():  # let the writer finish; send its acks as they come
+                self._send_acks()
+                self._consumer.pump(0.02)
+            self._send_acks()
+        finally:
+            self._consumer.disconnect()
 
     def _collect(self) -> _Batch:
-        batch = _Batch([], [])
-        try:
-            first = self._queue.get(timeout=_POLL_S)
-        except queue.Empty:
-            return batch
-        self._add(batch, first)
-        deadline = time.monotonic() + self.settings.flush_interval_ms / 1000
-        get_nowait = self._queue.get_nowait
-        while batch.rows < self.settings.batch_max_rows:
-            try:
-                raw = get_nowait()
-            except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    raw = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-            self._add(batch, raw)
+        """Pump the network until a batch is full, or `flush_interval_ms` after its first message
+        once the writer has nothing else waiting (so batches grow, and commits get fewer, under load).
+        """
+        max_rows, flush_s = self.settings.batch_max_rows, self.settings.flush_interval_ms / 1000
+        deadline = 0.0
+        while self._batch.rows < max_rows and not self._intake_closed.is_set():
+            if not self._batch.raws:
+                timeout = _POLL_S
+            else:
+                deadline = deadline or time.monotonic() + flush_s
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    if self._handoff.empty():
+                        break
+                    timeout = _BUSY_POLL_S
+            self._consumer.pump(timeout, lambda: self._batch.rows >= max_rows)
+            self._send_acks()
+        batch, self._batch = self._batch, _Batch()
         return batch
 
-    def _add(self, batch: _Batch, raw: Raw) -> None:
+    def _receive(self, raw: Raw) -> None:
+        # Runs in the network thread, inside pump(). Once intake is closed a message is left
+        # unacked, so the broker resends it on this session's next connection.
+        if self._intake_closed.is_set():
+            return
         item = self._validate(raw)
+        batch = self._batch
         batch.raws.append(raw)
         batch.items.append(item)
         batch.rows += len(item.readings) if isinstance(item, Telemetry) else 1
+
+    def _hand_off(self, batch: _Batch | None) -> None:
+        # Blocking here is the backpressure: the socket is not read meanwhile.
+        while not self._abandon.is_set():
+            try:
+                self._handoff.put(batch, timeout=_POLL_S)
+                return
+            except queue.Full:
+                self._send_acks()
+
+    def _send_acks(self) -> None:
+        acks = self._acks
+        while acks:
+            self._consumer.ack(acks.popleft())
 
     def _validate(self, raw: Raw) -> Validated:
         return validate(raw[0], raw[1], self._kinds, now=datetime.now(UTC),
                         max_future_skew_s=self.settings.max_future_skew_s)  # fmt: skip
 
-    def _commit(self, batch: _Batch) -> None:
+    # -- writer thread --------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while not self._abandon.is_set():  # set by stop() once the writer has had its time
+            self._maybe_maintain()
+            try:
+                batch = self._handoff.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if batch is None or not self._commit(batch):
+                return
+
+    def _commit(self, batch: _Batch) -> bool:
+        """Commit `batch` (retrying while PostgreSQL is away) and queue its acks; False if abandoned."""
         delay = RETRY_MIN_S
         while True:
             try:
@@ -163,12 +197,11 @@ class IngestService:
                 log.warning("batch of %d message(s) not stored, retrying in %.1fs: %s",
                             len(batch.raws), delay, exc)  # fmt: skip
                 if self._abandon.wait(delay):
-                    return
+                    return False
                 delay = min(delay * 2, RETRY_MAX_S)
-        ack = self._consumer.ack
-        for _topic, _payload, mid, qos, connection in batch.raws:
-            ack(mid, qos, connection)
+        self._acks.append([(mid, qos, conn) for _t, _p, mid, qos, conn in batch.raws])
         self._count(batch, outcome)
+        return True
 
     def _recheck_unregistered(self, batch: _Batch) -> None:
         """Reload the registry when a batch names unknown devices, then validate those again."""

@@ -170,19 +170,27 @@ def _write_batch(conn: Conn, items: Sequence[Validated]) -> BatchOutcome:
     spans = _copy_readings(conn, [m for m in new if isinstance(m, Telemetry)], out)
     _copy_events(conn, [m for m in new if isinstance(m, Event)], spans, out)
     _copy_quarantine(conn, bad, out)
-    out.gaps = _update_streams(conn, new)
-    _update_devices(conn, new, statuses)
-    out.statuses = len(statuses)
-    if spans:
-        devices = sorted(spans)
-        conn.execute(
-            "INSERT INTO eval_queue (device_id, min_ts, max_ts) "
-            "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[])",
-            (devices, [spans[d][0] for d in devices], [spans[d][1] for d in devices]),
-        )
-        # Delivered at commit, and only if the batch commits.
-        conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    # Pipelined: the statements below go out without waiting for each other's answers (only a
+    # read of results waits), one round trip instead of six; errors still surface here.
+    with conn.pipeline():
+        out.gaps = _update_streams(conn, new)
+        _update_devices(conn, new, statuses)
+        out.statuses = len(statuses)
+        _queue_evaluation(conn, spans)
     return out
+
+
+def _queue_evaluation(conn: Conn, spans: Spans) -> None:
+    if not spans:
+        return
+    devices = sorted(spans)
+    conn.execute(
+        "INSERT INTO eval_queue (device_id, min_ts, max_ts) "
+        "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[])",
+        (_text_array(devices), [spans[d][0] for d in devices], [spans[d][1] for d in devices]),
+    )
+    # Delivered at commit, and only if the batch commits.
+    conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
 def _latest_status(old: Status | None, new: Status) -> Status:
@@ -203,13 +211,23 @@ def _claim(conn: Conn, unique: dict[Key, Telemetry | Event]) -> list[Telemetry |
            SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::int[])
            ON CONFLICT DO NOTHING RETURNING device_id, boot_id, seq""",
         (
-            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-            ["telemetry" if isinstance(m, Telemetry) else "event" for m in msgs],
-            [len(m.readings) if isinstance(m, Telemetry) else 1 for m in msgs],
+            _text_array(k[0] for k in keys), _text_array(k[1] for k in keys), _int_array(k[2] for k in keys),
+            _text_array("telemetry" if isinstance(m, Telemetry) else "event" for m in msgs),
+            _int_array(len(m.readings) if isinstance(m, Telemetry) else 1 for m in msgs),
         ),
     ).fetchall()  # fmt: skip
     fresh = {(r["device_id"], r["boot_id"], r["seq"]) for r in rows}
     return [unique[k] for k in keys if k in fresh]
+
+
+def _text_array(values: Iterable[str]) -> str:
+    """A text[] literal, sent as one parameter: psycopg's list dumper costs about 1 us an element."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
+
+
+def _int_array(values: Iterable[int]) -> str:
+    """A bigint[]/int[] literal, sent as one parameter."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 Spans = dict[str, tuple[datetime, datetime]]
@@ -221,19 +239,15 @@ def _widen(spans: Spans, device_id: str, low: datetime, high: datetime) -> None:
 
 
 def _copy_readings(conn: Conn, messages: list[Telemetry], out: BatchOutcome) -> Spans:
-    """COPY the readings as text we format ourselves (faster than write_row; ids are validated)."""
+    """COPY the readings as the text validation formatted (faster than write_row)."""
     spans: Spans = {}
     if not messages:
         return spans
-    lines: list[str] = []
     for m in messages:
-        dev = m.device_id
-        stamps = [r.ts for r in m.readings]
-        lines.extend(f"{r.ts.isoformat()}\t{dev}\t{r.metric}\t{r.value!r}\n" for r in m.readings)
-        _widen(spans, dev, min(stamps), max(stamps))
+        _widen(spans, m.device_id, m.low, m.high)
     with conn.cursor().copy("COPY readings (ts, device_id, metric, value) FROM STDIN") as copy:
-        copy.write("".join(lines).encode())
-    out.readings = len(lines)
+        copy.write(b"".join(m.copy_rows for m in messages))
+    out.readings = sum(len(m.readings) for m in messages)
     return spans
 
 
@@ -271,7 +285,7 @@ def _update_streams(conn: Conn, new: list[Telemetry | Event]) -> int:
             """SELECT device_id, boot_id, max_seq FROM device_streams
                WHERE (device_id, boot_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
                ORDER BY device_id, boot_id FOR UPDATE""",
-            (devs, boots),
+            (_text_array(devs), _text_array(boots)),
         )
     }
     gaps: list[tuple[str, str, int, int]] = []
@@ -292,7 +306,12 @@ def _update_streams(conn: Conn, new: list[Telemetry | Event]) -> int:
            ON CONFLICT (device_id, boot_id) DO UPDATE SET
              max_seq = GREATEST(device_streams.max_seq, EXCLUDED.max_seq),
              messages = device_streams.messages + EXCLUDED.messages, updated_at = now()""",
-        (devs, boots, [max(seqs[s]) for s in streams], [len(seqs[s]) for s in streams]),
+        (
+            _text_array(devs),
+            _text_array(boots),
+            _int_array(max(seqs[s]) for s in streams),
+            _int_array(len(seqs[s]) for s in streams),
+        ),
     )
     if gaps:
         conn.execute(
