@@ -43,6 +43,9 @@ MAINTENANCE_RETRY_S = 60.0
 RETRY_MIN_S, RETRY_MAX_S = 0.1, 5.0
 _POLL_S = 0.2
 _BUSY_POLL_S = 0.005  # past the flush deadline, waiting for the writer to take the next batch
+# With the writer idle, a batch goes after this long: a lone alert-worthy message is not held for
+# `flush_interval_ms`, and under load the writer is busy, so batches still grow (group commit).
+_IDLE_FLUSH_S = 0.002
 
 
 @dataclass
@@ -60,6 +63,7 @@ class IngestService:
         self.client_id = client_id
         self.metrics = IngestMetrics()
         self._handoff: queue.Queue[_Batch | None] = queue.Queue(maxsize=HANDOFF_BATCHES)
+        self._writing = False  # the writer thread is committing a batch (read by the network thread)
         self.metrics.watch_queue(self._handoff.qsize)
         self._acks: deque[list[Ack]] = deque()  # committed batches' acks, writer → network thread
         self._intake_closed = threading.Event()
@@ -122,7 +126,8 @@ class IngestService:
 
     def _collect(self) -> _Batch:
         """Pump the network until a batch is full, or `flush_interval_ms` after its first message
-        once the writer has nothing else waiting (so batches grow, and commits get fewer, under load).
+        once the writer has nothing else waiting (so batches grow, and commits get fewer, under load);
+        when the writer is idle, 2 ms after its first message.
         """
         max_rows, flush_s = self.settings.batch_max_rows, self.settings.flush_interval_ms / 1000
         deadline = 0.0
@@ -130,7 +135,7 @@ class IngestService:
             if not self._batch.raws:
                 timeout = _POLL_S
             else:
-                deadline = deadline or time.monotonic() + flush_s
+                deadline = deadline or time.monotonic() + (flush_s if self._writer_busy() else _IDLE_FLUSH_S)
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     if self._handoff.empty():
@@ -179,8 +184,15 @@ class IngestService:
                 batch = self._handoff.get(timeout=_POLL_S)
             except queue.Empty:
                 continue
-            if batch is None or not self._commit(batch):
-                return
+            self._writing = True
+            try:
+                if batch is None or not self._commit(batch):
+                    return
+            finally:
+                self._writing = False
+
+    def _writer_busy(self) -> bool:
+        return self._writing or not self._handoff.empty()
 
     def _commit(self, batch: _Batch) -> bool:
         """Commit `batch` (retrying while PostgreSQL is away) and queue its acks; False if abandoned."""
