@@ -80,7 +80,9 @@ def _child_env(settings: Settings, info: StackInfo, database_url: str, port: int
 
 def _start_children(env: dict[str, str], args: argparse.Namespace) -> list[Child]:
     exe = [sys.executable, "-m", "pulsewire"]
-    commands = {"ingest": ["ingest"], "relay": ["relay"], "dashboard": ["dashboard"]}
+    # One ingest worker on the local Mosquitto: a plain subscription, which Mosquitto 2.0 restores
+    # after a broker restart (it does not restore shared ones). Scale-out workers use the shared group.
+    commands = {"ingest": ["ingest", "--share-group", ""], "relay": ["relay"], "dashboard": ["dashboard"]}
     if args.simulate:
         commands["simulate"] = [
             "simulate",
