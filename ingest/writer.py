@@ -176,18 +176,23 @@ def _write_batch(conn: Conn, items: Sequence[Validated]) -> BatchOutcome:
         out.gaps = _update_streams(conn, new)
         _update_devices(conn, new, statuses)
         out.statuses = len(statuses)
-        _queue_evaluation(conn, spans)
+        _queue_evaluation(conn, spans, {m.device_id for m in new if isinstance(m, Event)})
     return out
 
 
-def _queue_evaluation(conn: Conn, spans: Spans) -> None:
+def _queue_evaluation(conn: Conn, spans: Spans, with_events: set[str]) -> None:
     if not spans:
         return
     devices = sorted(spans)
     conn.execute(
-        "INSERT INTO eval_queue (device_id, min_ts, max_ts) "
-        "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[])",
-        (_text_array(devices), [spans[d][0] for d in devices], [spans[d][1] for d in devices]),
+        "INSERT INTO eval_queue (device_id, min_ts, max_ts, has_events) "
+        "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::boolean[])",
+        (
+            _text_array(devices),
+            [spans[d][0] for d in devices],
+            [spans[d][1] for d in devices],
+            [d in with_events for d in devices],
+        ),
     )
     # Delivered at commit, and only if the batch commits.
     conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")

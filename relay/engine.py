@@ -65,9 +65,11 @@ class _Batch:
 
 
 def pending_devices(conn: Conn, limit: int = 100) -> list[str]:
-    """Devices with queued batches, the longest-waiting first."""
+    """Devices with queued batches: those with events first (events page), then the longest-waiting."""
     rows = conn.execute(
-        "SELECT device_id FROM eval_queue GROUP BY device_id ORDER BY min(eval_id) LIMIT %s", (limit,)
+        "SELECT device_id FROM eval_queue GROUP BY device_id"
+        " ORDER BY bool_or(has_events) DESC, min(eval_id) LIMIT %s",
+        (limit,),
     ).fetchall()
     return [str(r["device_id"]) for r in rows]
 

@@ -83,6 +83,15 @@ def test_paho_telemetry_and_events_land_with_values_and_timestamps(
         "SELECT min(min_ts) AS lo, max(max_ts) AS hi FROM eval_queue WHERE device_id = 'imp-land'"
     ).fetchone()
     assert span == {"lo": t0, "hi": t0 + timedelta(minutes=19)}
+    # Batches with events are flagged so the rule engine takes them first; telemetry-only ones are not.
+    flags = conn.execute(
+        "SELECT device_id, bool_and(has_events) AS all_events, bool_or(has_events) AS any_events"
+        " FROM eval_queue WHERE device_id IN ('imp-land', 'veh-land') GROUP BY device_id ORDER BY 1"
+    ).fetchall()
+    assert [(f["device_id"], f["all_events"], f["any_events"]) for f in flags] == [
+        ("imp-land", False, False),
+        ("veh-land", True, True),
+    ]
     assert count(conn, "SELECT count(*) FROM quarantine WHERE device_id IN ('imp-land', 'veh-land')") == 0
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from pulsewire.db import connect
 from relay import store
-from relay.engine import EngineConfig, evaluate_device
+from relay.engine import EngineConfig, evaluate_device, pending_devices
 from relay.rules import effective_rules, seed_defaults
 from relay.tick import check_silences, escalate
 from tests.fix_db import World
@@ -336,3 +336,16 @@ def test_overlapping_batches_are_not_read_twice(conn: Conn, world: World, db_url
     evaluate(db_url)
     [alert] = alerts_of(conn, "icd-overlap")
     assert (alert["rule_key"], alert["values"]["count"]) == ("implant.vt_vf_cluster", 3)
+
+
+def test_devices_with_queued_events_are_evaluated_first(db_url: str) -> None:
+    now = datetime.now(UTC)
+    with connect(db_url, autocommit=True) as c:
+        c.execute("DELETE FROM eval_queue")
+        for device_id, has_events in (("q-readings-1", False), ("q-readings-2", False), ("q-event", True)):
+            c.execute(
+                "INSERT INTO eval_queue (device_id, min_ts, max_ts, has_events) VALUES (%s, %s, %s, %s)",
+                (device_id, now, now, has_events),
+            )
+        assert pending_devices(c) == ["q-event", "q-readings-1", "q-readings-2"]
+        c.execute("DELETE FROM eval_queue")
