@@ -129,7 +129,7 @@ def readable_metrics(p: Principal, kind: str, requested: list[str]) -> list[Metr
         return [m for m in catalogue.values() if sees_clinical_data(p) or not m.clinical]
     unknown = [name for name in requested if name not in catalogue]
     if unknown:
-        raise invalid(f"unknown metric(s) for a {kind}: {', '.join(unknown)}", code="unknown_metric")
+        raise invalid(f"unknown metric(s) for {kind} devices: {', '.join(unknown)}", code="unknown_metric")
     chosen = [catalogue[name] for name in dict.fromkeys(requested)]
     hidden = [m.name for m in chosen if m.clinical and not sees_clinical_data(p)]
     if hidden:
