@@ -38,10 +38,6 @@ class Principal:
     owner_id: int | None
     display_name: str
 
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Principal:
         return cls(

@@ -21,7 +21,6 @@ from dashboards.auth import (
 from dashboards.errors import ApiError
 from dashboards.queries import AConn, PageRequest
 from pulsewire.errors import DatabaseError
-from pulsewire.settings import Settings
 
 MAX_PAGE = 500
 _bearer = HTTPBearer(
@@ -30,12 +29,6 @@ _bearer = HTTPBearer(
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_HEADER = "X-CSRF-Token"
-
-
-def get_settings(request: Request) -> Settings:
-    """The settings the app was built with."""
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def get_session_config(request: Request) -> SessionConfig:

@@ -8,12 +8,13 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter
 
 from dashboards import relay_bridge
 from dashboards.api import API_PREFIX
+from dashboards.api.common import BigId
 from dashboards.auth import Principal
 from dashboards.deps import Conn, CurrentPrincipal
 from dashboards.errors import forbidden, not_found
@@ -24,7 +25,6 @@ from relay import sse, store
 
 log = logging.getLogger("pulsewire.dashboards")
 router = APIRouter(prefix=API_PREFIX, tags=["alerts"])
-AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 HEARTBEAT_S = 15.0
 STREAM_QUEUE = 100
 _views: TypeAdapter[AlertView] = TypeAdapter(AlertView)
@@ -141,7 +141,7 @@ async def _sse_body(source: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]
 
 @router.get("/alerts/{alert_id}")
 async def get_alert(
-    *, request: Request, principal: CurrentPrincipal, conn: Conn, alert_id: AlertId
+    *, request: Request, principal: CurrentPrincipal, conn: Conn, alert_id: BigId
 ) -> AlertView:
     """One alert in the caller's view; the provider's carries its history."""
     org, audience = await _scope_for(conn, principal, alert_id)
@@ -168,7 +168,7 @@ async def _change(
 
 @router.post("/alerts/{alert_id}/ack", responses={409: {"description": "already acknowledged or resolved"}})
 async def ack_alert(
-    *, request: Request, principal: CurrentPrincipal, conn: Conn, alert_id: AlertId
+    *, request: Request, principal: CurrentPrincipal, conn: Conn, alert_id: BigId
 ) -> AlertView:
     """Acknowledge an open alert (provider staff, admins)."""
     return await _change(request, principal, conn, alert_id, "acknowledge")
@@ -176,7 +176,7 @@ async def ack_alert(
 
 @router.post("/alerts/{alert_id}/resolve", responses={409: {"description": "already resolved"}})
 async def resolve_alert(
-    *, request: Request, principal: CurrentPrincipal, conn: Conn, alert_id: AlertId
+    *, request: Request, principal: CurrentPrincipal, conn: Conn, alert_id: BigId
 ) -> AlertView:
     """Resolve an alert (provider staff, admins)."""
     return await _change(request, principal, conn, alert_id, "resolve")

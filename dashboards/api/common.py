@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
+
+from fastapi import Path
 
 from dashboards.auth import Principal
 from dashboards.models import DevicePublic, DeviceVendorPublic, DeviceView, OwnerPublic, Page
 from dashboards.queries import PageRequest, Row, sees_owner_data
 
 T = TypeVar("T")
+# A path id that fits PostgreSQL's bigint: anything else is a 422, not a database error.
+BigId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 def page_of(rows: list[Row], page: PageRequest, convert: Callable[[Row], T]) -> Page[T]:

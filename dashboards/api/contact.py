@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, status
 
 from dashboards import contact
 from dashboards.api import API_PREFIX
-from dashboards.api.common import page_of
+from dashboards.api.common import BigId, page_of
 from dashboards.deps import Conn, CurrentPrincipal, Paging
 from dashboards.models import (
     AppointmentCreate,
@@ -21,7 +19,6 @@ from dashboards.models import (
 from dashboards.queries import visible_device
 
 router = APIRouter(prefix=API_PREFIX, tags=["contact"])
-BigId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 @router.post("/devices/{device_id}/messages", status_code=status.HTTP_201_CREATED)

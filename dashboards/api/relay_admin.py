@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 
 from dashboards import relay_bridge
 from dashboards.api import API_PREFIX
+from dashboards.api.common import BigId
 from dashboards.deps import Conn, CurrentPrincipal
 from dashboards.models_relay import (
     DeliveryPublic,
@@ -21,7 +22,6 @@ from dashboards.models_relay import (
 from relay import store
 
 router = APIRouter(prefix=API_PREFIX, tags=["rules", "webhooks"])
-BigId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 OrgParam = Annotated[int | None, Query(ge=1, le=2**63 - 1, description="admins: the provider org")]
 
 

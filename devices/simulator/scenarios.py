@@ -71,11 +71,6 @@ class Scenario:
     time_scale: float = 86_400.0
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    @property
-    def clean(self) -> bool:
-        """Whether every reading is physically possible (all but `malformed`)."""
-        return "malformed" not in self.faults
-
     def default_start(self, now: datetime | None = None) -> datetime:
         """Where the simulated clock starts so the scenario ends just before now."""
         now = now or datetime.now(UTC)

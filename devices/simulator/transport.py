@@ -117,11 +117,6 @@ class MqttLink:
         """Whether the broker has accepted us and the link is up."""
         return self._connected.is_set()
 
-    @property
-    def inflight(self) -> int:
-        """QoS 1 messages sent and not yet acknowledged."""
-        return self._inflight
-
     async def connect(self, timeout_s: float = 10.0) -> None:
         """Connect (clean start the first time only) and wait for the broker's CONNACK."""
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
