@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import cast
 
+import psycopg
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from psycopg_pool import AsyncConnectionPool
@@ -17,6 +19,7 @@ from dashboards.commands import CommandService
 from dashboards.errors import ERROR_RESPONSES, install_handlers
 from dashboards.queries import AConn
 from pulsewire import db
+from pulsewire.errors import DatabaseError
 from pulsewire.settings import Settings
 
 log = logging.getLogger("pulsewire.dashboards")
@@ -28,6 +31,10 @@ def create_app(settings: Settings, *, command_timeout_s: float = 120.0) -> FastA
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = settings.require_database_url()
+        if not settings.session_secret:
+            app.state.session_config = SessionConfig.create(
+                _shared_session_secret(url), settings.secure_cookies
+            )
         pool = db.async_pool(url, min_size=2, max_size=10, name="dashboards")
         sync_pool = db.pool(url, min_size=1, max_size=4, name="dashboards-sync")
         await pool.open(wait=False)
@@ -57,6 +64,26 @@ def create_app(settings: Settings, *, command_timeout_s: float = 120.0) -> FastA
     _include_routers(app)
     _install_web(app)
     return app
+
+
+def _shared_session_secret(url: str) -> str | None:
+    """The session-signing secret every dashboard process of this database shares, made once.
+
+    Without it each process would sign with its own random key, and a session started on one
+    instance behind a load balancer would be refused by the next.
+    """
+    try:
+        with db.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO pulsewire_meta (key, value) VALUES ('session_secret', %s)"
+                " ON CONFLICT DO NOTHING",
+                (secrets.token_urlsafe(32),),
+            )
+            row = conn.execute("SELECT value FROM pulsewire_meta WHERE key = 'session_secret'").fetchone()
+    except (DatabaseError, psycopg.Error) as exc:
+        log.warning("sessions signed with a key of this process only (database unavailable: %s)", exc)
+        return None
+    return str(row["value"]) if row else None
 
 
 def _install_web(app: FastAPI) -> None:

@@ -469,3 +469,27 @@ def test_database_down_is_503_then_recovers(clients: dict[str, httpx.Client], st
         time.sleep(0.2)
     ok = [clients["provider"].get("/api/v1/devices").status_code for _ in range(5)]
     assert ok[-1] == 200 and set(ok) <= {200, 503}
+
+
+async def test_a_session_started_on_one_instance_is_valid_on_another(
+    api: ApiServer, settings: Settings, world: World
+) -> None:
+    # Behind a load balancer the next request may reach another dashboard process: without a
+    # configured secret, all instances sign sessions with the one kept in the database.
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from dashboards import auth
+    from dashboards.auth import SESSION_COOKIE
+
+    assert settings.session_secret is None
+    async with await psycopg.AsyncConnection.connect(
+        world.db_url, autocommit=True, row_factory=dict_row
+    ) as conn:
+        principal = await auth.principal_from_login(conn, "provider@example.org", "provider-secret-pw")
+        assert principal is not None
+        cookie = await auth.create_session(conn, api.app.state.session_config, principal.user_id)
+    with ApiServer(settings) as other:
+        async with httpx.AsyncClient(base_url=other.url, cookies={SESSION_COOKIE: cookie}) as c:
+            me = await c.get("/api/v1/me")
+    assert me.status_code == 200 and me.json()["user_id"] == principal.user_id
