@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from schemas.commands import CommandName
+
 TELEMETRY_SCHEMA = "pulsewire.telemetry/1"
 EVENT_SCHEMA = "pulsewire.event/1"
 STATUS_SCHEMA = "pulsewire.status/1"
@@ -97,7 +99,7 @@ class CommandRequest(_Payload):
 
     schema_: Literal["pulsewire.command/1"] = Field(alias="schema", default="pulsewire.command/1")
     command_id: str
-    name: Literal["request_transmission", "clear_dtc", "ping"]
+    name: CommandName
     args: dict[str, Any] = Field(default_factory=dict)
     sent_at: AwareDatetime
 
