@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     # web
     session_secret: str | None = None
     secure_cookies: bool = False
+    # commands and accounts: commands per device in a moving window, counted across every
+    # dashboard process, so a stolen clinic login cannot drain an implant's battery
+    command_limit_per_device: int = Field(default=6, ge=1, le=10_000)
+    command_limit_window_s: int = Field(default=3_600, ge=1, le=7 * 86_400)
 
     def require_database_url(self) -> str:
         """The database URL, from the environment or the local stack."""
