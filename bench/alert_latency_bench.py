@@ -1,6 +1,6 @@
 """Benchmark: publish -> first webhook delivery of a red alert, under background telemetry load.
 
-    .venv/bin/python -m bench.alert_latency_bench [--probes 200] [--rate 10000] [--relays 1]
+    .venv/bin/python -m bench.alert_latency_bench [--probes 200] [--rate 10000] [--relays 1] [--hostile]
 
 A private stack (PostgreSQL + Mosquitto) in a temp dir, the real `pulsewire ingest` and
 `pulsewire relay` as separate processes, a separate load process publishing ~`rate` readings/s
@@ -8,6 +8,10 @@ A private stack (PostgreSQL + Mosquitto) in a temp dir, the real `pulsewire inge
 webhook receiver (threaded http.server) in this process. Each probe publishes a `device_reset`
 event (a red technical alert) and times the arrival of its signed `opened` webhook; the alert is
 then resolved so the next probe opens a new one. Prints p50/p99/max and the achieved load.
+
+With `--hostile`, the same run measures twice, side by side: first as above, then with a hostile
+tenant present (bench/hostile.py: broken, tarpit and endless webhooks with a backlog of failing
+deliveries, failing rules, a flooding device, and a dashboard under SSE, login and query abuse).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,10 +33,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench import hostile
 from pulsewire import registry
 from pulsewire.db import connect
 from pulsewire.migrate import migrate
@@ -130,7 +137,7 @@ class _Receiver:
                 self.got.notify_all()
 
 
-def _setup(db_url: str, state_dir: Path, receiver: _Receiver) -> tuple[int, int]:
+def _setup(db_url: str, state_dir: Path, receiver: _Receiver) -> tuple[int, int, int]:
     migrate(db_url)
     with connect(db_url, autocommit=True) as c:
         seed_defaults(c)
@@ -158,7 +165,7 @@ def _setup(db_url: str, state_dir: Path, receiver: _Receiver) -> tuple[int, int]
         registry.sync_broker_auth(c, state_dir)
         receiver.secret = store.create_webhook(c, clinic, receiver.url)["secret"]
         user = registry.add_user(c, "bench@example.org", role="provider_staff", org_id=clinic)
-    return clinic, user
+    return clinic, user, vendor
 
 
 def _probe(client: mqtt.Client, n: int) -> float:
@@ -177,8 +184,11 @@ def _probe(client: mqtt.Client, n: int) -> float:
     return sent
 
 
+_CLI = [sys.executable, "-c", "from pulsewire.cli import main; import sys; sys.exit(main(sys.argv[1:]))"]
+
+
 def _services(env: dict[str, str], relays: int) -> list[subprocess.Popen[bytes]]:
-    cmd = [sys.executable, "-c", "from pulsewire.cli import main; import sys; sys.exit(main(sys.argv[1:]))"]
+    cmd = _CLI
     procs = [
         subprocess.Popen([*cmd, "ingest"], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     ]
@@ -195,9 +205,16 @@ def _services(env: dict[str, str], relays: int) -> list[subprocess.Popen[bytes]]
 
 
 def _measure(
-    args: argparse.Namespace, db_url: str, mqtt_url: str, receiver: _Receiver, *, clinic: int, user: int
+    args: argparse.Namespace,
+    db_url: str,
+    mqtt_url: str,
+    receiver: _Receiver,
+    *,
+    clinic: int,
+    user: int,
+    first: int = 0,
 ) -> dict[str, Any]:
-    client = _client(MqttTarget.parse(mqtt_url), "bench-probe")
+    client = _client(MqttTarget.parse(mqtt_url), f"bench-probe-{first}")
     stop = mp.Event()
     load = mp.Process(target=_load, args=(mqtt_url, args.rate, stop), daemon=True)
     with connect(db_url, autocommit=True) as c:
@@ -206,7 +223,8 @@ def _measure(
         before = c.execute("SELECT count(*) AS n FROM readings").fetchone()
         began = time.perf_counter()
         latencies, missed = [], 0
-        for n in range(args.probes):
+        since = datetime.now(UTC)
+        for n in range(first, first + args.probes):
             sent = _probe(client, n)
             with receiver.got:
                 receiver.got.wait_for(lambda n=n: n in receiver.arrivals, timeout=5)
@@ -219,19 +237,18 @@ def _measure(
             time.sleep(args.gap_s)
         elapsed = time.perf_counter() - began
         after = c.execute("SELECT count(*) AS n FROM readings").fetchone()
-        stages = _stages(c)
+        stages = _stages(c, since)
     stop.set()
     load.join(10)
     client.loop_stop()
     assert before is not None and after is not None
-    lat = np.asarray(latencies)
     return {
         "probes": args.probes,
         "missed": missed,
         "bad_signatures": receiver.bad_signatures,
-        "p50_ms": round(float(np.percentile(lat, 50)), 1),
-        "p99_ms": round(float(np.percentile(lat, 99)), 1),
-        "max_ms": round(float(lat.max()), 1),
+        "p50_ms": _pct(latencies, 50),
+        "p99_ms": _pct(latencies, 99),
+        "max_ms": _pct(latencies, 100),
         "background_readings_per_s": round((after["n"] - before["n"]) / elapsed),
         **stages,
         "relay_workers": args.relays,
@@ -240,7 +257,7 @@ def _measure(
     }
 
 
-def _stages(conn: Any) -> dict[str, float]:
+def _stages(conn: Any, since: datetime) -> dict[str, float]:
     """Where the time goes, from database clocks: ingest start -> evaluation start -> delivered."""
     rows = conn.execute(
         """SELECT extract(epoch FROM a.opened_at - e.received_at) * 1000 AS to_eval,
@@ -248,17 +265,102 @@ def _stages(conn: Any) -> dict[str, float]:
            FROM alerts a
            JOIN events e ON e.device_id = a.device_id AND e.ts = a.started_at AND e.type = 'device_reset'
            JOIN outbox o ON o.alert_id = a.alert_id AND o.channel = 'webhook' AND o.event = 'opened'
-           WHERE a.device_id = %s AND o.delivered_at IS NOT NULL""",
-        (PROBE,),
+           WHERE a.device_id = %s AND o.delivered_at IS NOT NULL AND a.opened_at >= %s""",
+        (PROBE, since),
     ).fetchall()
-    to_eval = np.asarray([float(r["to_eval"]) for r in rows])
-    to_delivery = np.asarray([float(r["to_delivery"]) for r in rows])
+    to_eval = [float(r["to_eval"]) for r in rows]
+    to_delivery = [float(r["to_delivery"]) for r in rows]
     return {
-        "ingest_to_eval_p50_ms": round(float(np.percentile(to_eval, 50)), 1),
-        "ingest_to_eval_p99_ms": round(float(np.percentile(to_eval, 99)), 1),
-        "eval_to_delivered_p50_ms": round(float(np.percentile(to_delivery, 50)), 1),
-        "eval_to_delivered_p99_ms": round(float(np.percentile(to_delivery, 99)), 1),
+        "ingest_to_eval_p50_ms": _pct(to_eval, 50),
+        "ingest_to_eval_p99_ms": _pct(to_eval, 99),
+        "eval_to_delivered_p50_ms": _pct(to_delivery, 50),
+        "eval_to_delivered_p99_ms": _pct(to_delivery, 99),
     }
+
+
+def _pct(values: list[float], q: float) -> float | str:
+    """The q-th percentile, rounded; "none" when nothing arrived."""
+    return round(float(np.percentile(values, q)), 1) if values else "none"
+
+
+def _hostile_run(
+    args: argparse.Namespace,
+    info: Any,
+    state_dir: Path,
+    env: dict[str, str],
+    *,
+    receiver: _Receiver,
+    ids: Any,
+) -> dict[str, Any]:
+    """The probes again, with org A doing everything it can at once (bench/hostile.py)."""
+    clinic, user, vendor = ids
+    tarpit, endless = hostile.Tarpit(), hostile.Endless()
+    tenant = hostile.setup(info.database_url, vendor, tarpit, endless)
+    with connect(info.database_url, autocommit=True) as c:
+        registry.sync_broker_auth(c, state_dir)
+    port = _free_port()
+    dashboard = subprocess.Popen(
+        [*_CLI, "dashboard", "--port", str(port), "--log-level", "error"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    flood, stop_flood = hostile.start_flood(info.mqtt_url, args.hostile_rate)
+    web = hostile.WebAttack(f"http://127.0.0.1:{port}", tenant["token"])
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/healthz")
+        web.start()
+        time.sleep(args.warmup_s)
+        result = _measure(
+            args, info.database_url, info.mqtt_url, receiver, clinic=clinic, user=user, first=args.probes
+        )
+    finally:
+        statuses = web.close()
+        stop_flood.set()
+        flood.join(10)
+        _stop(dashboard)
+        tarpit.close()
+        endless.close()
+    return {**result, **hostile.ledger(info.database_url, tenant["org"]), **statuses}
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        print(f"{' '.join(map(str, proc.args[3:]))} did not stop on SIGTERM within 15 s; killed", file=sys.stderr)
+        proc.kill()
+        proc.wait(5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout_s} s")
+
+
+def _print(results: dict[str, dict[str, Any]]) -> None:
+    names = list(results)
+    keys = list(dict.fromkeys(k for r in results.values() for k in r))
+    print(f"{'':>34}" + "".join(f"{n:>14}" for n in names))
+    for key in keys:
+        print(f"{key:>34}" + "".join(f"{results[n].get(key, ''):>14}" for n in names))
+    base, other = (results[n].get("p99_ms") for n in [*names, names[0]][:2])
+    if len(names) == 2 and isinstance(base, float) and isinstance(other, float):
+        print(f"{'p99 ratio ' + names[1] + '/' + names[0]:>34}{other / base:>14.2f}")
 
 
 def main() -> int:
@@ -268,38 +370,44 @@ def main() -> int:
     parser.add_argument("--relays", type=int, default=1, help="relay worker processes")
     parser.add_argument("--warmup-s", type=float, default=5.0)
     parser.add_argument("--gap-s", type=float, default=0.1, help="pause between probes")
+    parser.add_argument("--hostile", action="store_true", help="measure again with a hostile tenant present")
+    parser.add_argument("--hostile-rate", type=float, default=2000, help="flooding device, events/s")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     state_dir = Path(tempfile.mkdtemp(prefix="pulsewire-bench-"))
     state_dir.chmod(0o755)
     stack = Stack(state_dir)
     procs: list[subprocess.Popen[bytes]] = []
+    results: dict[str, dict[str, Any]] = {}
     try:
         info = stack.up()
         receiver = _Receiver()
-        clinic, user = _setup(info.database_url, state_dir, receiver)
+        ids = _setup(info.database_url, state_dir, receiver)
         env = {
             **os.environ,
             "PULSEWIRE_DATABASE_URL": info.database_url,
             "PULSEWIRE_MQTT_URL": info.mqtt_url,
             "PULSEWIRE_STATE_DIR": str(state_dir),
             "PULSEWIRE_FLUSH_INTERVAL_MS": "5",
+            "PULSEWIRE_WEBHOOK_ALLOW_PRIVATE": "1",  # the receiver is on loopback
         }
         procs = _services(env, args.relays)
         time.sleep(3)  # subscriptions and LISTENs in place
-        result = _measure(args, info.database_url, info.mqtt_url, receiver, clinic=clinic, user=user)
+        clinic, user, _ = ids
+        results["quiet"] = _measure(
+            args, info.database_url, info.mqtt_url, receiver, clinic=clinic, user=user
+        )
+        if args.hostile:
+            results["hostile"] = _hostile_run(args, info, state_dir, env, receiver=receiver, ids=ids)
     finally:
         for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(15)
+            _stop(proc)
         stack.down()
         shutil.rmtree(state_dir, ignore_errors=True)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(results))
     else:
-        for key, value in result.items():
-            print(f"{key:>26}: {value}")
+        _print(results)
     return 0
 
 

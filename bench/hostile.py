@@ -1,0 +1,299 @@
+"""A hostile tenant for `bench.alert_latency_bench --hostile`: everything org A can do at once.
+
+Org A (a provider with its own implants) has, stored as if saved before validation existed:
+webhooks with broken URLs, a tarpit that accepts and never answers, an endless body, cloud metadata
+and private addresses; event rules with an invalid and a catastrophic regex; a backlog of failing
+deliveries. While the probes run, one of its devices floods events far beyond its budget, and its
+user opens SSE streams past every cap, bursts bad logins and asks for wide readings ranges. Every
+answer it gets is counted by status class; a 5xx is a finding.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from pulsewire import registry
+from pulsewire.db import connect
+from pulsewire.settings import MqttTarget
+
+DEVICES = [f"icd-hostile-{i}" for i in range(3)]
+BACKLOG = 3000  # failing deliveries of org A, due now, before the probes start
+SSE_STREAMS = 200
+PASSWORD = "hostile-password"
+
+
+class Tarpit:
+    """Accepts TCP connections and never answers (the sockets stay open until `close`)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.held: list[socket.socket] = []
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+class Endless:
+    """Answers 200 and then streams a body that never ends."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.send_response(200)
+                self.end_headers()
+                chunk = b"x" * 65536
+                try:
+                    while True:
+                        self.wfile.write(chunk)
+                except OSError:
+                    return
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _broken_urls(tarpit: Tarpit, endless: Endless) -> list[str]:
+    return [
+        "http://a..b/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.255.255.1/hook",
+        "https://no-such-host.invalid/hook",
+        tarpit.url,
+        endless.url,
+    ]
+
+
+def setup(db_url: str, vendor: int, tarpit: Tarpit, endless: Endless) -> dict[str, Any]:
+    """Org A with its devices, user, broken webhooks, failing rules and a delivery backlog."""
+    with connect(db_url, autocommit=True) as c:
+        org = registry.add_org(c, "Hostile Clinic", "provider")
+        for device in DEVICES:
+            registry.add_device(
+                c,
+                device,
+                kind="implant",
+                model="M",
+                provider_org_id=org,
+                vendor_org_id=vendor,
+                password=PASSWORD,
+            )
+        user = registry.add_user(
+            c, "hostile@example.org", role="provider_staff", org_id=org, password=PASSWORD
+        )
+        token = registry.issue_token(c, user, "hostile")
+        hooks = [
+            c.execute(
+                "INSERT INTO webhooks (org_id, url, secret) VALUES (%s, %s, %s) RETURNING webhook_id",
+                (org, url, secrets.token_hex(16)),
+            ).fetchone()["webhook_id"]  # type: ignore[index]
+            for url in _broken_urls(tarpit, endless)
+        ]
+        for key, pattern in (("hostile.bad_regex", "^["), ("hostile.catastrophic", "^(a+)+$")):
+            c.execute(
+                """INSERT INTO rules (key, name, device_kind, provider_org_id, kind, params, severity, class)
+                   VALUES (%s, %s, 'implant', %s, 'event', %s, 'red', 'technical')""",
+                (
+                    key,
+                    f"Hostile\r\nBcc: everyone@example.org {key}",
+                    org,
+                    json.dumps({"event_type": "device_reset", "match": {"reason": pattern}}),
+                ),
+            )
+        _backlog(c, org, vendor, hooks)
+    return {"org": org, "user": user, "token": token}
+
+
+def _backlog(c: Any, org: int, vendor: int, hooks: list[int]) -> None:
+    alert = c.execute(
+        """INSERT INTO alerts (device_id, rule_key, rule_name, severity, class, provider_org_id,
+                               vendor_org_id, started_at, last_seen_at)
+           VALUES (%s, 'hostile.backlog', 'Backlog', 'red', 'technical', %s, %s, now(), now())
+           RETURNING alert_id""",
+        (DEVICES[0], org, vendor),
+    ).fetchone()["alert_id"]
+    c.execute(
+        """INSERT INTO outbox (alert_id, event, audience, org_id, channel, webhook_id, body)
+           SELECT %s, 'opened', 'provider', %s, 'webhook', (%s::bigint[])[1 + i %% %s], '{}'
+           FROM generate_series(1, %s) AS i""",
+        (alert, org, hooks, len(hooks), BACKLOG),
+    )
+
+
+def flood(mqtt_url: str, rate: float, stop: Any) -> None:
+    """Publish ~rate events/s from org A's first device until `stop` is set (its own process)."""
+    target = MqttTarget.parse(mqtt_url)
+    device = DEVICES[0]
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
+    client.username_pw_set(device, PASSWORD)
+    client.max_inflight_messages_set(1000)
+    client.connect(target.host, target.port)
+    client.loop_start()
+    seq, start = 0, time.perf_counter()
+    while not stop.is_set():
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        body = {
+            "schema": "pulsewire.event/1",
+            "device_id": device,
+            "boot_id": f"flood{os.getpid()}",
+            "seq": seq,
+            "ts": now,
+            "type": "device_reset",
+            "data": {"reason": "a" * 40 + "!"},
+        }
+        client.publish(f"pw/v1/dev/{device}/event", json.dumps(body), qos=1)
+        seq += 1
+        delay = start + seq / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    client.loop_stop()
+    client.disconnect()
+
+
+class WebAttack:
+    """Org A's user against the dashboard: SSE streams past the caps, bad logins, wide queries."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.base_url = base_url
+        self.token = token
+        self.stop = threading.Event()
+        self.statuses: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._streams, daemon=True),
+            threading.Thread(target=self._logins, daemon=True),
+            threading.Thread(target=self._queries, daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def close(self) -> dict[str, int]:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+        return dict(self.statuses)
+
+    def _count(self, what: str, status: int) -> None:
+        with self.lock:
+            self.statuses[f"{what}_{status // 100}xx"] += 1
+
+    def _streams(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        limits = httpx.Limits(max_connections=SSE_STREAMS + 10)
+        with httpx.Client(base_url=self.base_url, headers=headers, limits=limits, timeout=10) as client:
+            opened = []
+            for _ in range(SSE_STREAMS):
+                if self.stop.is_set():
+                    break
+                try:
+                    response = client.send(client.build_request("GET", "/api/v1/alerts/stream"), stream=True)
+                except httpx.HTTPError:
+                    self._count("sse", 0)
+                    continue
+                self._count("sse", response.status_code)
+                if response.status_code == 200:
+                    opened.append(response)
+                else:
+                    response.close()
+            self.stop.wait()
+            for response in opened:
+                response.close()
+
+    def _logins(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=10) as client:
+            while not self.stop.is_set():
+                page = client.get("/login")
+                match = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+                form = {
+                    "email": "hostile@example.org",
+                    "password": "wrong",
+                    "csrf_token": match[1] if match else "",
+                }
+                self._count("login", client.post("/login", data=form).status_code)
+                self.stop.wait(0.05)
+
+    def _queries(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        path = f"/api/v1/devices/{DEVICES[0]}/readings"
+        wide = [
+            {"metric": "heart_rate_bpm", "bucket": "1000d", "agg": "avg", "start": "0001-01-01T00:00:00Z"},
+            {
+                "metric": "heart_rate_bpm",
+                "bucket": "1s",
+                "agg": "avg",
+                "start": "2000-01-01T00:00:00Z",
+                "end": "2030-01-01T00:00:00Z",
+            },
+            {"metric": "heart_rate_bpm", "start": "9999-12-31T00:00:00Z"},
+        ]
+        with httpx.Client(base_url=self.base_url, headers=headers, timeout=30) as client:
+            n = 0
+            while not self.stop.is_set():
+                self._count("query", client.get(path, params=wide[n % len(wide)]).status_code)
+                n += 1
+                self.stop.wait(0.05)
+
+
+def start_flood(mqtt_url: str, rate: float) -> tuple[mp.Process, Any]:
+    """The flooding device, in its own process; set the returned event to stop it."""
+    stop = mp.Event()
+    proc = mp.Process(target=flood, args=(mqtt_url, rate, stop), daemon=True)
+    proc.start()
+    return proc, stop
+
+
+def ledger(db_url: str, org: int) -> dict[str, int]:
+    """What the relay made of org A's deliveries and rules, from the database."""
+    with connect(db_url, autocommit=True) as c:
+        row = c.execute(
+            """SELECT count(*) FILTER (WHERE state = 'pending' AND attempts = 0) AS never_tried,
+                      count(*) FILTER (WHERE attempts > 0) AS tried,
+                      count(*) FILTER (WHERE state = 'dead') AS dead
+               FROM outbox WHERE org_id = %s""",
+            (org,),
+        ).fetchone()
+        quarantined = c.execute(
+            "SELECT count(*) AS n FROM quarantine WHERE device_id = ANY(%s)", (DEVICES,)
+        ).fetchone()
+    assert row is not None and quarantined is not None
+    return {
+        **{f"hostile_deliveries_{k}": int(v) for k, v in row.items()},
+        "hostile_quarantined": int(quarantined["n"]),
+    }
