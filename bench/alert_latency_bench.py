@@ -329,7 +329,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     try:
         proc.wait(15)
     except subprocess.TimeoutExpired:
-        print(f"{' '.join(map(str, proc.args[3:]))} did not stop on SIGTERM within 15 s; killed", file=sys.stderr)
+        what = " ".join(map(str, proc.args[3:]))  # type: ignore[index]
+        print(f"{what} did not stop on SIGTERM within 15 s; killed", file=sys.stderr)
         proc.kill()
         proc.wait(5)
 
