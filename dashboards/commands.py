@@ -5,6 +5,12 @@ correlation data and `pw/v1/dev/{id}/cmd/reply` as response topic. Replies move 
 an interim reply `{"status": "ok", "data": {"state": "acknowledged"}}` → `acknowledged`; a final
 `ok` → `done`, `error` → `failed`. The sweeper marks commands without a final reply `timed_out`.
 Every dashboard instance listens through one shared subscription, so each reply is handled once.
+
+Each device takes at most `command_limit_per_device` commands in any `command_limit_window_s`
+(a moving window). The count is of the device's rows in `commands`, taken under a per-device
+transaction lock in the same transaction as the insert: every dashboard process shares it, it
+survives restarts, and two concurrent sends cannot both take the last slot. An in-process limiter
+(`limits` with memory storage) would give N processes N budgets and forget them on every deploy.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
 from dashboards.queries import AConn, PageRequest, Row
-from pulsewire.errors import BrokerError
+from pulsewire.errors import BrokerError, PulsewireError
 from pulsewire.settings import Settings
 from schemas.payloads import CommandReply, CommandRequest
 
@@ -36,6 +42,28 @@ REPLY_FILTER = "$share/pulsewire-dashboards/pw/v1/dev/+/cmd/reply"
 OPEN_STATES = ["pending", "sent", "acknowledged"]
 _COLUMNS = """command_id, device_id, name, args, status, detail, result, requested_by, created_at,
     sent_at, acked_at, finished_at"""
+_LOCK_CLASS = 0x50574331  # advisory lock namespace of command admission ("PWC1"), keyed by device
+_RECENT = """
+SELECT count(*) AS n,
+       ceil(extract(epoch FROM min(created_at) + make_interval(secs => %(window_s)s) - now()))::int
+           AS retry_after_s
+FROM (SELECT created_at FROM commands
+      WHERE device_id = %(device_id)s AND created_at > now() - make_interval(secs => %(window_s)s)
+      ORDER BY created_at DESC LIMIT %(limit)s) AS recent
+"""
+BROKER_UNAVAILABLE = "broker unavailable, command not sent"
+
+
+class DeviceDecommissioned(PulsewireError):
+    """The device was decommissioned: it takes no more commands."""
+
+
+class CommandLimitReached(PulsewireError):
+    """The device's command budget for the window is spent; `retry_after_s` says when one frees up."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class CommandService:
@@ -64,10 +92,24 @@ class CommandService:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def broker_ready(self, timeout_s: float) -> bool:
+        """Whether the reply listener is connected to the broker (waiting up to `timeout_s`)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
+        except TimeoutError:
+            return False
+        return True
+
     async def send(self, device_id: str, name: str, args: dict[str, Any], user_id: int) -> Row:
-        """Store and publish a command; BrokerError (after marking it failed) when the broker is away."""
+        """Store and publish a command.
+
+        DeviceDecommissioned or CommandLimitReached before anything is stored; BrokerError (after
+        marking the command failed) when the broker is away.
+        """
         command_id = uuid.uuid4().hex
-        async with self._pool.connection() as conn:
+        async with self._pool.connection() as conn, conn.transaction():
+            await self._admit(conn, device_id)
             await conn.execute(
                 """INSERT INTO commands (command_id, device_id, name, args, requested_by)
                    VALUES (%s, %s, %s, %s, %s)""",
@@ -81,8 +123,8 @@ class CommandService:
         )
         try:
             await self._publish(device_id, command_id, request.model_dump_json(by_alias=True))
-        except BrokerError as exc:
-            await self._finish(command_id, "failed", str(exc))
+        except BrokerError:
+            await self._finish(command_id, "failed", BROKER_UNAVAILABLE)
             raise
         async with self._pool.connection() as conn:
             # A fast device may have replied already: only a pending command becomes `sent`.
@@ -93,6 +135,22 @@ class CommandService:
                 (command_id,),
             )
             return await _get(conn, command_id)
+
+    async def _admit(self, conn: AConn, device_id: str) -> None:
+        # Serialise admissions per device across processes until this transaction ends.
+        await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, device_id))
+        cur = await conn.execute("SELECT decommissioned_at FROM devices WHERE device_id = %s", (device_id,))
+        device = await cur.fetchone()
+        if device is None or device["decommissioned_at"] is not None:
+            raise DeviceDecommissioned(f"device {device_id!r} is decommissioned and takes no commands")
+        limit, window_s = self._settings.command_limit_per_device, self._settings.command_limit_window_s
+        cur = await conn.execute(_RECENT, {"device_id": device_id, "window_s": window_s, "limit": limit})
+        recent = await cur.fetchone()
+        if recent is not None and recent["n"] >= limit:
+            raise CommandLimitReached(
+                f"device {device_id!r} has had {limit} commands in the last {window_s} s; try again later",
+                retry_after_s=max(1, int(recent["retry_after_s"] or 1)),
+            )
 
     async def _publish(self, device_id: str, command_id: str, payload: str) -> None:
         try:
@@ -106,7 +164,9 @@ class CommandService:
                 props.ResponseTopic = f"pw/v1/dev/{device_id}/cmd/reply"
                 await client.publish(f"pw/v1/dev/{device_id}/cmd", payload, qos=1, properties=props)
         except (TimeoutError, aiomqtt.MqttError, BrokerError) as exc:
-            raise BrokerError(f"broker unavailable, command not sent: {exc or 'timeout'}") from exc
+            # The library's text may name the broker's host and port: the log gets it, callers don't.
+            log.warning("command %s to %s not sent: %s", command_id, device_id, exc or "timeout")
+            raise BrokerError(BROKER_UNAVAILABLE) from exc
 
     async def _listen(self) -> None:
         target = self._settings.mqtt()

@@ -9,18 +9,13 @@ from dashboards.api import API_PREFIX
 from dashboards.api.common import page_of
 from dashboards.auth import Principal
 from dashboards.deps import Conn, CurrentPrincipal, Paging
-from dashboards.errors import ErrorBody, invalid, not_found
+from dashboards.errors import ApiError, ErrorBody, invalid, not_found
 from dashboards.models import CommandCreate, CommandPublic, Page
 from dashboards.queries import AConn, Row, audit, require_role, visible_device
+from schemas.commands import COMMANDS
 
 router = APIRouter(prefix=API_PREFIX, tags=["commands"])
 _ROLES = ("admin", "provider_staff")
-# Which commands make sense for which kind of device.
-_VALID_FOR = {
-    "request_transmission": {"implant", "vehicle"},
-    "clear_dtc": {"vehicle"},
-    "ping": {"implant", "vehicle"},
-}
 
 
 async def _commandable(conn: AConn, p: Principal, device_id: str, action: str) -> Row:
@@ -32,17 +27,27 @@ async def _commandable(conn: AConn, p: Principal, device_id: str, action: str) -
 @router.post(
     "/devices/{device_id}/commands",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={503: {"model": ErrorBody, "description": "the broker is unavailable"}},
+    responses={
+        409: {"model": ErrorBody, "description": "the device is decommissioned"},
+        429: {"model": ErrorBody, "description": "the device's command budget is spent (see Retry-After)"},
+        503: {"model": ErrorBody, "description": "the broker is unavailable"},
+    },
 )
 async def send_command(
     *, request: Request, principal: CurrentPrincipal, conn: Conn, device_id: str, body: CommandCreate
 ) -> CommandPublic:
-    """Publish a command to the device; follow its status with GET."""
+    """Publish a command to the device; follow its status with GET. Each device takes a few an hour."""
     device = await _commandable(conn, principal, device_id, "send commands")
-    if device["kind"] not in _VALID_FOR[body.name]:
+    if device["kind"] not in COMMANDS[body.name].kinds:
         raise invalid(f"{body.name} is not a command for a {device['kind']}", code="invalid_command")
     service: commands.CommandService = request.app.state.commands
-    row = await service.send(device_id, body.name, body.args, principal.user_id)
+    try:
+        row = await service.send(device_id, body.name, body.args.model_dump(), principal.user_id)
+    except commands.DeviceDecommissioned as exc:
+        raise ApiError(409, str(exc), code="decommissioned") from exc
+    except commands.CommandLimitReached as exc:
+        retry = str(exc.retry_after_s)
+        raise ApiError(429, str(exc), code="rate_limited", headers={"Retry-After": retry}) from exc
     await audit(
         conn,
         principal,

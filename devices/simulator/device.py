@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from devices.simulator.signals import Sample
+from schemas.commands import COMMANDS, CommandArgs, RequestTransmissionArgs, parse_args
 from schemas.payloads import (
     EVENT_SCHEMA,
     STATUS_SCHEMA,
@@ -147,32 +149,45 @@ class SimDevice:
         """The reply to a command request: `ok` with data, or `error` saying what was wrong."""
         try:
             request = CommandRequest.model_validate_json(raw)
+            args = parse_args(request.name, request.args)
         except ValidationError as exc:
-            command_id = _command_id(raw)
-            reply = CommandReply(
-                command_id=command_id, status="error", detail=f"invalid command: {exc.errors()[0]['msg']}"
-            )
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            detail = f"invalid command: {where}: {first['msg']}"
+            reply = CommandReply(command_id=_command_id(raw), status="error", detail=detail)
             return reply.model_dump_json(by_alias=True).encode()
-        return self._execute(request).model_dump_json(by_alias=True).encode()
+        return self._execute(request, args).model_dump_json(by_alias=True).encode()
 
-    def _execute(self, request: CommandRequest) -> CommandReply:
-        if request.name == "ping":
-            data = {"boot_id": self.boot_id, "seq": self.seq, "firmware": self.firmware}
-            return CommandReply(command_id=request.command_id, status="ok", data=data)
-        if request.name == "clear_dtc":
-            if self.kind != "vehicle":
-                return CommandReply(
-                    command_id=request.command_id, status="error", detail="clear_dtc applies to vehicles only"
-                )
-            self.cleared_dtcs += 1
-            return CommandReply(command_id=request.command_id, status="ok", data={"cleared": True})
-        if self.kind != "implant":
-            return CommandReply(
-                command_id=request.command_id,
-                status="error",
-                detail="request_transmission applies to implants only",
-            )
-        return CommandReply(command_id=request.command_id, status="ok", data={"transmission": "scheduled"})
+    def _execute(self, request: CommandRequest, args: CommandArgs) -> CommandReply:
+        kinds = COMMANDS[request.name].kinds
+        if self.kind not in kinds:
+            only = " and ".join(f"{k}s" for k in sorted(kinds))
+            detail = f"{request.name} applies to {only} only"
+            return CommandReply(command_id=request.command_id, status="error", detail=detail)
+        data = COMMAND_HANDLERS[request.name](self, args)
+        return CommandReply(command_id=request.command_id, status="ok", data=data)
+
+
+def _ping(device: SimDevice, args: CommandArgs) -> dict[str, Any]:
+    return {"boot_id": device.boot_id, "seq": device.seq, "firmware": device.firmware}
+
+
+def _request_transmission(device: SimDevice, args: CommandArgs) -> dict[str, Any]:
+    assert isinstance(args, RequestTransmissionArgs)
+    return {"transmission": "scheduled", "lookback_h": args.lookback_h}
+
+
+def _clear_dtc(device: SimDevice, args: CommandArgs) -> dict[str, Any]:
+    device.cleared_dtcs += 1
+    return {"cleared": True}
+
+
+# What a simulated device does for each command of the catalogue (a test holds the keys equal).
+COMMAND_HANDLERS: dict[str, Callable[[SimDevice, CommandArgs], dict[str, Any]]] = {
+    "ping": _ping,
+    "request_transmission": _request_transmission,
+    "clear_dtc": _clear_dtc,
+}
 
 
 def encode(body: dict[str, Any]) -> bytes:
