@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 
 from dashboards.auth import Principal
 from dashboards.queries import AConn, PageRequest, Row, audit
@@ -14,20 +15,20 @@ _MAX_TOKEN_ID = 2**63 - 1
 async def list_tokens(conn: AConn, p: Principal, page: PageRequest) -> list[Row]:
     """The caller's tokens, newest first."""
     cur = await conn.execute(
-        """SELECT token_id, name, created_at, last_used_at, revoked_at FROM api_tokens
+        """SELECT token_id, name, created_at, last_used_at, revoked_at, expires_at FROM api_tokens
            WHERE user_id = %s ORDER BY token_id DESC LIMIT %s OFFSET %s""",
         (p.user_id, page.limit, page.offset),
     )
     return await cur.fetchall()
 
 
-async def create_token(conn: AConn, p: Principal, name: str) -> Row:
-    """A new token for the caller; the returned row has the token itself, this once."""
+async def create_token(conn: AConn, p: Principal, name: str, expires_at: datetime | None = None) -> Row:
+    """A new token for the caller, valid until revoked or `expires_at`; the row has the token, this once."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     cur = await conn.execute(
-        """INSERT INTO api_tokens (user_id, token_hash, name) VALUES (%s, %s, %s)
-           RETURNING token_id, name, created_at, last_used_at, revoked_at""",
-        (p.user_id, hash_token(token), name),
+        """INSERT INTO api_tokens (user_id, token_hash, name, expires_at) VALUES (%s, %s, %s, %s)
+           RETURNING token_id, name, created_at, last_used_at, revoked_at, expires_at""",
+        (p.user_id, hash_token(token), name, expires_at),
     )
     row = await cur.fetchone()
     assert row is not None

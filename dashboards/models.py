@@ -6,11 +6,12 @@ into it by a forgotten `exclude`.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from schemas.commands import ClearDtcArgs, PingArgs, RequestTransmissionArgs
 from schemas.payloads import DeviceId
 
 Text200 = Annotated[str, StringConstraints(max_length=200)]
@@ -65,6 +66,7 @@ class DevicePublic(BaseModel):
     status_at: datetime | None
     last_seen_at: datetime | None
     created_at: datetime
+    decommissioned_at: datetime | None = Field(description="set once the device is retired for good")
     owner: OwnerPublic | None
 
 
@@ -79,6 +81,7 @@ class DeviceVendorPublic(BaseModel):
     vendor_org_id: int
     online: bool
     last_seen_at: datetime | None
+    decommissioned_at: datetime | None
 
 
 DeviceView = DevicePublic | DeviceVendorPublic
@@ -139,9 +142,26 @@ class EventPublic(BaseModel):
     received_at: datetime
 
 
-class CommandCreate(_Model):
-    name: Literal["request_transmission", "clear_dtc", "ping"]
-    args: dict[str, Any] = Field(default_factory=dict)
+class PingCreate(_Model):
+    name: Literal["ping"]
+    args: PingArgs = Field(default_factory=PingArgs)
+
+
+class RequestTransmissionCreate(_Model):
+    name: Literal["request_transmission"]
+    args: RequestTransmissionArgs = Field(default_factory=RequestTransmissionArgs)
+
+
+class ClearDtcCreate(_Model):
+    name: Literal["clear_dtc"]
+    args: ClearDtcArgs = Field(default_factory=ClearDtcArgs)
+
+
+# One variant per command of the catalogue (a test holds them equal): a bad argument is a 422
+# naming the field (`body.ping.args.n`), an unknown command one naming `name`.
+CommandCreate = Annotated[
+    PingCreate | RequestTransmissionCreate | ClearDtcCreate, Field(discriminator="name")
+]
 
 
 class CommandPublic(BaseModel):
@@ -203,6 +223,14 @@ class AppointmentPublic(BaseModel):
 
 class TokenCreate(_Model):
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)] = "api"
+    expires_at: AwareDatetime | None = Field(default=None, description="none: valid until revoked")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_the_future(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value <= datetime.now(UTC):
+            raise ValueError("must be in the future")
+        return value
 
 
 class TokenPublic(BaseModel):
@@ -211,6 +239,7 @@ class TokenPublic(BaseModel):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    expires_at: datetime | None
 
 
 class TokenCreated(TokenPublic):
@@ -227,3 +256,14 @@ class QuarantinePublic(BaseModel):
     reason: str
     detail: str
     payload: str = Field(description="the first 2,000 bytes, decoded leniently")
+
+
+class UserPublic(BaseModel):
+    """A user as an admin sees it (never a password hash or a token)."""
+
+    user_id: int
+    email: str
+    display_name: str
+    role: str
+    org_id: int | None
+    disabled_at: datetime | None

@@ -50,7 +50,7 @@ _DEVICE_SCOPE = {
     "owner": "d.owner_id = %(scope_owner)s",
 }
 _DEVICE_COLUMNS = """d.device_id, d.kind, d.model, d.serial, d.firmware, d.provider_org_id,
-    d.vendor_org_id, d.owner_id, d.online, d.status_at, d.last_seen_at, d.created_at"""
+    d.vendor_org_id, d.owner_id, d.online, d.status_at, d.last_seen_at, d.created_at, d.decommissioned_at"""
 _OWNER_COLUMNS = """o.full_name AS owner_full_name, o.email AS owner_email, o.phone AS owner_phone,
     o.birth_date AS owner_birth_date, o.address AS owner_address"""
 

@@ -10,7 +10,7 @@ import hashlib
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,17 +120,43 @@ def reset_device_password(conn: Conn, device_id: str) -> DeviceCredentials:
     """Give a device a new MQTT password, returned once (the old one stops working at the next sync)."""
     password = new_password()
     cur = conn.execute(
-        "UPDATE devices SET mqtt_password_hash = %s WHERE device_id = %s",
+        "UPDATE devices SET mqtt_password_hash = %s WHERE device_id = %s AND decommissioned_at IS NULL",
         (hash_mqtt_password(password), device_id),
     )
     if cur.rowcount != 1:
-        raise RegistryError(f"no device with id {device_id!r}")
+        raise RegistryError(f"no device in service with id {device_id!r}")
     return DeviceCredentials(device_id, device_id, password)
 
 
+def decommission_device(conn: Conn, device_id: str) -> datetime:
+    """Retire a device for good; returns when. Idempotent.
+
+    Its history stays (retention decides), its open commands fail, and the next broker sync
+    (`sync_broker_auth`) drops its login. The id stays taken, so nothing can come back as it.
+    """
+    with conn.transaction():
+        row = conn.execute(
+            """UPDATE devices SET decommissioned_at = coalesce(decommissioned_at, now()), online = false
+               WHERE device_id = %s RETURNING decommissioned_at""",
+            (device_id,),
+        ).fetchone()
+        if row is None:
+            raise RegistryError(f"no device with id {device_id!r}")
+        conn.execute(
+            """UPDATE commands SET status = 'failed', detail = 'device decommissioned', finished_at = now()
+               WHERE device_id = %s AND status IN ('pending', 'sent', 'acknowledged')""",
+            (device_id,),
+        )
+    when: datetime = row["decommissioned_at"]
+    return when
+
+
 def device_credentials(conn: Conn) -> list[tuple[str, str]]:
-    """(device_id, Mosquitto password hash) of every device, for the broker's password file."""
-    rows = conn.execute("SELECT device_id, mqtt_password_hash FROM devices ORDER BY device_id")
+    """(device_id, Mosquitto password hash) of every device in service, for the broker's password file."""
+    rows = conn.execute(
+        """SELECT device_id, mqtt_password_hash FROM devices
+           WHERE decommissioned_at IS NULL ORDER BY device_id"""
+    )
     return [(str(r["device_id"]), str(r["mqtt_password_hash"])) for r in rows]
 
 
@@ -185,14 +211,43 @@ def verify_user_password(password_hash: str | None, password: str) -> bool:
         return False
 
 
-def issue_token(conn: Conn, user_id: int, name: str = "api") -> str:
-    """Create an API token for a user; the token is returned once and stored hashed."""
+def issue_token(conn: Conn, user_id: int, name: str = "api", *, expires_at: datetime | None = None) -> str:
+    """Create an API token for a user, valid until revoked or `expires_at`; returned once, stored hashed."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     conn.execute(
-        "INSERT INTO api_tokens (user_id, token_hash, name) VALUES (%s, %s, %s)",
-        (user_id, hash_token(token), name),
+        "INSERT INTO api_tokens (user_id, token_hash, name, expires_at) VALUES (%s, %s, %s, %s)",
+        (user_id, hash_token(token), name, expires_at),
     )
     return token
+
+
+def user_id_by_email(conn: Conn, email: str) -> int:
+    """The id of the user with this e-mail; RegistryError when there is none."""
+    row = conn.execute("SELECT user_id FROM users WHERE email = %s", (email.strip().lower(),)).fetchone()
+    if row is None:
+        raise RegistryError(f"no user with e-mail {email!r}")
+    return int(row["user_id"])
+
+
+def set_user_disabled(conn: Conn, user_id: int, disabled: bool) -> dict[str, Any]:
+    """Disable or enable a user; returns the user (without secrets). Idempotent.
+
+    A disabled user's tokens and sessions are refused at once (every check reads `disabled`); their
+    sessions are also ended, so enabling them again needs a fresh login. Tokens are kept: enabling
+    the user again restores them (revoke them separately when they may be stolen).
+    """
+    with conn.transaction():
+        row = conn.execute(
+            """UPDATE users SET disabled_at = CASE WHEN %(disabled)s THEN coalesce(disabled_at, now()) END
+               WHERE user_id = %(user_id)s
+               RETURNING user_id, email, display_name, role, org_id, disabled_at""",
+            {"user_id": user_id, "disabled": disabled},
+        ).fetchone()
+        if row is None:
+            raise RegistryError(f"no user with id {user_id}")
+        if disabled:
+            conn.execute("DELETE FROM web_sessions WHERE user_id = %s", (user_id,))
+    return dict(row)
 
 
 def hash_token(token: str) -> bytes:
@@ -206,8 +261,10 @@ def list_rows(conn: Conn, table: str) -> list[dict[str, Any]]:
         "orgs": "SELECT org_id, name, kind, created_at FROM orgs ORDER BY org_id",
         "owners": "SELECT owner_id, provider_org_id, full_name, email FROM owners ORDER BY owner_id",
         "devices": """SELECT device_id, kind, model, serial, firmware, provider_org_id, vendor_org_id,
-                             owner_id, online, last_seen_at FROM devices ORDER BY device_id""",
-        "users": "SELECT user_id, email, display_name, role, org_id, owner_id FROM users ORDER BY user_id",
+                             owner_id, online, last_seen_at, decommissioned_at
+                      FROM devices ORDER BY device_id""",
+        "users": """SELECT user_id, email, display_name, role, org_id, owner_id, disabled_at
+                    FROM users ORDER BY user_id""",
     }
     return list(conn.execute(queries[table]).fetchall())
 

@@ -31,8 +31,9 @@ async def list_tokens(principal: CurrentPrincipal, conn: Conn, page: Paging) -> 
 
 @router.post("/tokens", status_code=status.HTTP_201_CREATED)
 async def create_token(principal: CurrentPrincipal, conn: Conn, body: TokenCreate) -> TokenCreated:
-    """A new API token for the caller; the token is shown in this response only."""
-    return TokenCreated.model_validate(await accounts.create_token(conn, principal, body.name))
+    """A new API token for the caller, optionally expiring; the token is shown in this response only."""
+    row = await accounts.create_token(conn, principal, body.name, body.expires_at)
+    return TokenCreated.model_validate(row)
 
 
 @router.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
