@@ -148,10 +148,24 @@ class RuleUpdate(_View):
     enabled: bool | None = None
 
 
+WebhookUrl = Annotated[str, StringConstraints(pattern=r"^https?://", max_length=2000)]
+
+
 class WebhookCreate(BaseModel):
+    """A new webhook: an https URL whose host resolves to global addresses only."""
+
     model_config = ConfigDict(extra="forbid")
 
-    url: Annotated[str, StringConstraints(pattern=r"^https?://", max_length=2000)]
+    url: WebhookUrl
+
+
+class WebhookUpdate(BaseModel):
+    """A change of a webhook: its URL (checked as on create), or on/off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: WebhookUrl | None = None
+    enabled: bool | None = None
 
 
 class WebhookPublic(BaseModel):

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     smtp_url: str | None = None
     smtp_from: str = "pulsewire@localhost"
     escalate_after_s: int = Field(default=900, ge=1)
+    # webhooks (delivery): https to global addresses only unless `webhook_allow_private` (local
+    # development: http, loopback and private targets); one total deadline per attempt; a cap per org
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    webhooks_per_org_max: int = Field(default=20, ge=1, le=10_000)
     # web
     session_secret: str | None = None
     secure_cookies: bool = False

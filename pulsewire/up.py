@@ -75,6 +75,8 @@ def _child_env(settings: Settings, info: StackInfo, database_url: str, port: int
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # The local stack is for development: webhooks to http and loopback receivers are allowed.
+    env.setdefault("PULSEWIRE_WEBHOOK_ALLOW_PRIVATE", "1")
     return env
 
 

@@ -1,12 +1,18 @@
 """Delivery channels: webhook (signed HTTP POST), MQTT (the org topic) and e-mail (SMTP).
 
-Each `send` returns an `Outcome`; library errors (httpx, paho, smtplib) become outcomes here and
-go no further. A `Channels` object holds the long-lived clients of one relay worker.
+Each `send` returns an `Outcome` and never raises: library errors (httpx, paho, smtplib) and
+anything else one delivery can throw become a failed outcome with a short error, so one bad row
+costs one attempt and nothing else. A `Channels` object holds the long-lived clients of one relay
+worker thread, including the event loop its webhook requests run on: asyncio is what bounds a whole
+attempt (resolve, connect, send, read) by one deadline, however slowly the other side trickles.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import re
 import smtplib
 import ssl
 import threading
@@ -21,9 +27,27 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from pulsewire.settings import MqttTarget
+from relay import egress
 from relay.signing import HEADER, IDEMPOTENCY_HEADER, sign
 
+log = logging.getLogger("pulsewire.relay")
 MQTT_TOPIC = "pw/v1/org/{org_id}/alerts"
+# At most this much of an answer is read; the rest is never downloaded.
+ANSWER_MAX_BYTES = 64 * 1024
+ERROR_MAX_CHARS = 300
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def clean_text(text: str, limit: int = ERROR_MAX_CHARS) -> str:
+    """`text` on one line (runs of control characters become one space), cut to `limit` characters."""
+    flat = _CONTROL.sub(" ", text).strip()
+    return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
+
+
+def describe(exc: BaseException) -> str:
+    """A short, one-line error text for the delivery ledger."""
+    detail = str(exc)
+    return clean_text(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__)
 
 
 @dataclass(frozen=True)
@@ -52,17 +76,28 @@ class Delivery:
 
 
 class Channels:
-    """The clients of one worker: an HTTP client, an MQTT connection (lazily), an SMTP target."""
+    """The clients of one worker thread: HTTP, an MQTT connection (lazily), an SMTP target."""
 
     def __init__(
         self,
         mqtt_target: MqttTarget | None,
         smtp_url: str | None,
         smtp_from: str,
+        *,
         timeout_s: float = 10.0,
         client_id: str = "pulsewire-relay",
+        egress_policy: egress.EgressPolicy | None = None,
     ) -> None:
-        self._http = httpx.Client(timeout=timeout_s, follow_redirects=False)
+        self._loop = asyncio.new_event_loop()
+        # No keep-alive: every attempt connects to the address it has just checked, and a connection
+        # made for one host name is never reused for another name on the same address.
+        self._http = httpx.AsyncClient(
+            timeout=timeout_s,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+        self._egress = egress_policy or egress.EgressPolicy.from_env()
         self._mqtt_target = mqtt_target
         self._smtp_url = smtp_url
         self._smtp_from = smtp_from
@@ -72,16 +107,21 @@ class Channels:
         self._mqtt_lock = threading.Lock()
 
     def send(self, d: Delivery) -> Outcome:
-        """Deliver one row on its channel."""
-        if d.channel == "webhook":
-            return self._webhook(d)
-        if d.channel == "mqtt":
-            return self._publish(d)
-        return self._email(d)
+        """Deliver one row on its channel; any failure is a failed outcome, never an exception."""
+        try:
+            if d.channel == "webhook":
+                return self._webhook(d)
+            if d.channel == "mqtt":
+                return self._publish(d)
+            return self._email(d)
+        except Exception as exc:
+            log.warning("delivery %s (%s) failed: %s", d.delivery_id, d.channel, describe(exc))
+            return Outcome(False, None, describe(exc))
 
     def close(self) -> None:
         """Close every client."""
-        self._http.close()
+        self._loop.run_until_complete(self._http.aclose())
+        self._loop.close()
         with self._mqtt_lock:
             if self._mqtt is not None:
                 self._mqtt.disconnect()
@@ -89,23 +129,37 @@ class Channels:
                 self._mqtt = None
 
     def _webhook(self, d: Delivery) -> Outcome:
-        assert d.url is not None and d.secret is not None
-        body = d.body.encode()
-        headers = {
-            "Content-Type": "application/json",
-            HEADER: sign(d.secret, body),
-            IDEMPOTENCY_HEADER: str(d.delivery_id),
-            "User-Agent": "pulsewire-relay/1",
-        }
+        if d.url is None or d.secret is None:
+            return Outcome(False, None, "webhook deleted or disabled", permanent=True)
         try:
-            response = self._http.post(d.url, content=body, headers=headers)
+            return self._loop.run_until_complete(self._post_within_deadline(d.url, d.secret, d))
+        except TimeoutError:
+            return Outcome(False, None, f"no complete answer within {self._timeout_s:g} s")
+        except egress.EgressRefused as exc:
+            return Outcome(False, None, clean_text(f"destination refused: url {exc}"))
         except httpx.HTTPError as exc:
-            return Outcome(False, None, f"{type(exc).__name__}: {exc}")
-        if 200 <= response.status_code < 300:
-            return Outcome(True, response.status_code)
-        code = response.status_code
-        permanent = 400 <= code < 500 and code not in (408, 409, 425, 429)
-        return Outcome(False, code, f"HTTP {code}: {response.text[:200]}", permanent)
+            return Outcome(False, None, describe(exc))
+
+    async def _post_within_deadline(self, url: str, secret: str, d: Delivery) -> Outcome:
+        async with asyncio.timeout(self._timeout_s):
+            target = await egress.pin(url, self._egress)
+            body = d.body.encode()
+            headers = {
+                "Host": target.host_header,
+                "Content-Type": "application/json",
+                HEADER: sign(secret, body),
+                IDEMPOTENCY_HEADER: str(d.delivery_id),
+                "User-Agent": "pulsewire-relay/1",
+            }
+            request = self._http.build_request(
+                "POST", target.url, content=body, headers=headers, extensions=target.extensions
+            )
+            response = await self._http.send(request, stream=True)
+            try:
+                answer = await _read_prefix(response, ANSWER_MAX_BYTES)
+            finally:
+                await response.aclose()
+        return _judge(response.status_code, answer)
 
     def _connect_mqtt(self) -> mqtt.Client:
         target = self._mqtt_target
@@ -126,6 +180,7 @@ class Channels:
     def _publish(self, d: Delivery) -> Outcome:
         if self._mqtt_target is None:
             return Outcome(False, None, "no MQTT broker configured", permanent=True)
+        error: str
         try:
             with self._mqtt_lock:
                 if self._mqtt is None:
@@ -137,7 +192,7 @@ class Channels:
                 return Outcome(True)
             error = f"not acknowledged by the broker (rc={info.rc})"
         except (OSError, ValueError, RuntimeError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = describe(exc)
         self._drop_mqtt()
         return Outcome(False, None, error)
 
@@ -162,8 +217,28 @@ class Channels:
                     smtp.login(parts.username, parts.password or "")
                 smtp.send_message(message)
         except (OSError, smtplib.SMTPException) as exc:
-            return Outcome(False, None, f"{type(exc).__name__}: {exc}")
+            return Outcome(False, None, describe(exc))
         return Outcome(True)
+
+
+async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
+    # Stop reading at `limit`: an endless body costs a bounded read, then the connection closes.
+    prefix = bytearray()
+    async for chunk in response.aiter_raw():
+        prefix += chunk[: limit - len(prefix)]
+        if len(prefix) >= limit:
+            break
+    return bytes(prefix)
+
+
+def _judge(code: int, answer: bytes) -> Outcome:
+    if 200 <= code < 300:
+        return Outcome(True, code)
+    text = clean_text(answer.decode("utf-8", "replace"), 200)
+    if 300 <= code < 400:
+        return Outcome(False, code, f"HTTP {code}: redirects are not followed")
+    permanent = 400 <= code < 500 and code not in (408, 409, 425, 429)
+    return Outcome(False, code, clean_text(f"HTTP {code}: {text}"), permanent)
 
 
 def _email_message(d: Delivery, sender: str) -> EmailMessage:
@@ -172,9 +247,11 @@ def _email_message(d: Delivery, sender: str) -> EmailMessage:
     device = alert.get("device", {})
     late = " (late)" if alert.get("late") else ""
     msg = EmailMessage()
-    msg["Subject"] = (
-        f"[Pulsewire {alert['severity'].upper()}] {alert['rule_name']}{late} "
-        f"- {device.get('serial', '')} ({d.event})"
+    # Names come from rules and devices that tenants write: a CR or LF would start a new header.
+    msg["Subject"] = clean_text(
+        f"[Pulsewire {str(alert['severity']).upper()}] {alert['rule_name']}{late} "
+        f"- {device.get('serial', '')} ({d.event})",
+        250,
     )
     msg["From"] = sender
     msg["To"] = ", ".join(d.recipients)

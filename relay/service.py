@@ -24,7 +24,8 @@ from pulsewire.db import connect
 from pulsewire.errors import DatabaseError
 from pulsewire.settings import MqttTarget, Settings
 from relay.channels import Channels
-from relay.deliver import RetryPolicy, deliver_one
+from relay.deliver import InFlight, RetryPolicy, deliver_one
+from relay.egress import EgressPolicy
 from relay.engine import EngineConfig, evaluate_pending
 from relay.rules import seed_defaults
 from relay.tick import check_silences, escalate
@@ -52,6 +53,10 @@ class RelayConfig:
     poll_s: float = 0.5
     tick_s: float = 5.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Webhooks: where they may go (PULSEWIRE_WEBHOOK_ALLOW_PRIVATE unless given) and the deadline
+    # of one whole attempt.
+    egress: EgressPolicy = field(default_factory=EgressPolicy.from_env)
+    webhook_timeout_s: float = 10.0
     evaluate: bool = True
     deliver: bool = True
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
@@ -65,6 +70,8 @@ class RelayConfig:
             smtp_url=settings.smtp_url,
             smtp_from=settings.smtp_from,
             escalate_after_s=settings.escalate_after_s,
+            egress=EgressPolicy.from_settings(settings),
+            webhook_timeout_s=settings.webhook_timeout_s,
             **overrides,
         )
 
@@ -80,6 +87,7 @@ class RelayWorker:
         self._stop = threading.Event()
         self._eval_wake = threading.Event()
         self._outbox_wake = threading.Event()
+        self._inflight = InFlight(cfg.delivery_threads, on_release=self._outbox_wake.set)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -160,7 +168,9 @@ class RelayWorker:
             self.cfg.mqtt,
             self.cfg.smtp_url,
             self.cfg.smtp_from,
+            timeout_s=self.cfg.webhook_timeout_s,
             client_id=f"pulsewire-relay-{self.cfg.worker}-{name}".replace(":", "-"),
+            egress_policy=self.cfg.egress,
         )
         try:
             with connect(self.cfg.database_url, autocommit=True) as conn:
@@ -168,7 +178,7 @@ class RelayWorker:
                     self._outbox_wake.wait(self.cfg.poll_s)
                     self._outbox_wake.clear()
                     while not self._stop.is_set() and deliver_one(
-                        conn, channels, f"{self.cfg.worker}/{name}", self.cfg.retry
+                        conn, channels, f"{self.cfg.worker}/{name}", self.cfg.retry, self._inflight
                     ):
                         pass
         finally:

@@ -9,13 +9,13 @@ as their minimal view; only the provider acknowledges and resolves. Bad input ra
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from pulsewire.errors import PulsewireError
 from relay import alerts
+from relay.egress import EgressPolicy, EgressRefused, check_destination
 from relay.rules import RuleError, validate
 from relay.signing import new_secret
 from relay.views import ALERT_SELECT, AUDIENCES, provider_view, view_for
@@ -122,30 +122,76 @@ def _change(conn: Conn, org_id: int, alert_id: int, user_id: int, action: str) -
     return provider_view(new)
 
 
-def create_webhook(conn: Conn, org_id: int, url: str) -> dict[str, Any]:
-    """Register a webhook for the org; the returned dict holds the signing `secret`, shown only now."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2000:
-        raise InvalidInput(f"webhook url must be an http(s) URL with a host, got {url!r}")
-    secret = new_secret()
+_WEBHOOK_COLUMNS = "webhook_id, org_id, url, enabled, created_at"
+WEBHOOKS_PER_ORG_MAX = 20
+
+
+def _checked_url(url: str, egress: EgressPolicy | None) -> str:
     try:
+        check_destination(url, egress or EgressPolicy.from_env())
+    except EgressRefused as exc:
+        raise InvalidInput(f"url: the webhook URL {exc}") from exc
+    return url
+
+
+def create_webhook(
+    conn: Conn,
+    org_id: int,
+    url: str,
+    *,
+    egress: EgressPolicy | None = None,
+    max_per_org: int = WEBHOOKS_PER_ORG_MAX,
+) -> dict[str, Any]:
+    """Register a webhook for the org; the returned dict holds the signing `secret`, shown only now.
+
+    `url` must pass the egress policy (`egress`, or the process settings' when None); an org has
+    at most `max_per_org` webhooks.
+    """
+    _checked_url(url, egress)
+    secret = new_secret()
+    with conn.transaction():
+        # The org's row serializes concurrent creates, so the cap holds under races.
+        org = conn.execute("SELECT 1 FROM orgs WHERE org_id = %s FOR NO KEY UPDATE", (org_id,)).fetchone()
+        if org is None:
+            raise NotFound(f"no org {org_id}")
+        count = conn.execute("SELECT count(*) AS n FROM webhooks WHERE org_id = %s", (org_id,)).fetchone()
+        if count is not None and count["n"] >= max_per_org:
+            raise Conflict(f"an org may have at most {max_per_org} webhooks; delete one first")
         row = conn.execute(
-            """INSERT INTO webhooks (org_id, url, secret) VALUES (%s, %s, %s)
-               RETURNING webhook_id, org_id, url, enabled, created_at""",
+            f"INSERT INTO webhooks (org_id, url, secret) VALUES (%s, %s, %s) RETURNING {_WEBHOOK_COLUMNS}",
             (org_id, url, secret),
         ).fetchone()
-    except psycopg.errors.ForeignKeyViolation as exc:
-        raise NotFound(f"no org {org_id}") from exc
     assert row is not None
     return {**row, "secret": secret}
+
+
+def update_webhook(
+    conn: Conn,
+    org_id: int,
+    webhook_id: int,
+    *,
+    url: str | None = None,
+    enabled: bool | None = None,
+    egress: EgressPolicy | None = None,
+) -> dict[str, Any]:
+    """Change a webhook's URL (checked as on create) or switch it on or off; the secret stays."""
+    if url is not None:
+        _checked_url(url, egress)
+    row = conn.execute(
+        f"""UPDATE webhooks SET url = coalesce(%s, url), enabled = coalesce(%s, enabled)
+            WHERE webhook_id = %s AND org_id = %s RETURNING {_WEBHOOK_COLUMNS}""",
+        (url, enabled, webhook_id, org_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"no webhook {webhook_id}")
+    return row
 
 
 def list_webhooks(conn: Conn, org_id: int) -> list[dict[str, Any]]:
     """The org's webhooks, without their secrets."""
     return list(
         conn.execute(
-            "SELECT webhook_id, org_id, url, enabled, created_at FROM webhooks WHERE org_id = %s"
-            " ORDER BY webhook_id",
+            f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE org_id = %s ORDER BY webhook_id",
             (org_id,),
         )
     )

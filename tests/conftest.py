@@ -2,6 +2,12 @@
 migrated database per test module (fix_db), API users and servers (fix_api), headless Chromium
 (fix_browser) and simulated devices (devices.simulator.fixture)."""
 
+import os
+
+# Test receivers listen on loopback over http: allowed for the whole session, as in development.
+# Tests that prove the refusal build a strict `relay.egress.EgressPolicy` for themselves.
+os.environ["PULSEWIRE_WEBHOOK_ALLOW_PRIVATE"] = "1"
+
 pytest_plugins = [
     "tests.fix_stack",
     "tests.fix_db",

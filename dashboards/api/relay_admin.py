@@ -18,8 +18,10 @@ from dashboards.models_relay import (
     WebhookCreate,
     WebhookCreated,
     WebhookPublic,
+    WebhookUpdate,
 )
 from relay import store
+from relay.egress import EgressPolicy
 
 router = APIRouter(prefix=API_PREFIX, tags=["rules", "webhooks"])
 OrgParam = Annotated[int | None, Query(ge=1, le=2**63 - 1, description="admins: the provider org")]
@@ -83,14 +85,53 @@ async def list_webhooks(
     return [WebhookPublic.model_validate(r) for r in rows]
 
 
-@router.post("/webhooks", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/webhooks",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        409: {"description": "the org has its maximum of webhooks"},
+        422: {"description": "the URL is refused"},
+    },
+)
 async def create_webhook(
     *, request: Request, principal: CurrentPrincipal, conn: Conn, body: WebhookCreate, org_id: OrgParam = None
 ) -> WebhookCreated:
     """Register a webhook; its signing secret is in this response only."""
     org = await relay_bridge.acting_org(conn, principal, org_id, "create webhooks")
-    row = await relay_bridge.call(request.app.state.sync_pool, store.create_webhook, org, body.url)
+    settings = request.app.state.settings
+    row = await relay_bridge.call(
+        request.app.state.sync_pool,
+        store.create_webhook,
+        org,
+        body.url,
+        egress=EgressPolicy.from_settings(settings),
+        max_per_org=settings.webhooks_per_org_max,
+    )
     return WebhookCreated.model_validate(row)
+
+
+@router.patch("/webhooks/{webhook_id}", responses={422: {"description": "the URL is refused"}})
+async def update_webhook(
+    *,
+    request: Request,
+    principal: CurrentPrincipal,
+    conn: Conn,
+    webhook_id: BigId,
+    body: WebhookUpdate,
+    org_id: OrgParam = None,
+) -> WebhookPublic:
+    """Change a webhook's URL or switch it on or off; the signing secret stays."""
+    org = await relay_bridge.acting_org(conn, principal, org_id, "change webhooks")
+    row = await relay_bridge.call(
+        request.app.state.sync_pool,
+        store.update_webhook,
+        org,
+        webhook_id,
+        url=body.url,
+        enabled=body.enabled,
+        egress=EgressPolicy.from_settings(request.app.state.settings),
+    )
+    return WebhookPublic.model_validate(row)
 
 
 @router.delete("/webhooks/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT)
