@@ -24,6 +24,8 @@ from pulsewire.registry import hash_token, verify_user_password
 SESSION_COOKIE = "pw_session"
 SESSION_TTL = timedelta(hours=12)
 
+REFUSED = "missing, invalid or revoked credentials"
+TOKEN_EXPIRED = "API token expired: create a new one"
 _PRINCIPAL_COLUMNS = """u.user_id, u.role, u.org_id, o.kind AS org_kind, u.owner_id, u.display_name"""
 
 
@@ -66,13 +68,14 @@ class SessionConfig:
 
 
 async def principal_from_token(conn: AConn, token: str) -> Principal | None:
-    """The user behind an API token, or None when unknown, revoked or disabled."""
+    """The user behind an API token, or None when unknown, revoked, expired or disabled."""
     cur = await conn.execute(
         f"""SELECT {_PRINCIPAL_COLUMNS}, t.token_id,
                    t.last_used_at IS NULL OR t.last_used_at < now() - interval '1 minute' AS stale
             FROM api_tokens t JOIN users u ON u.user_id = t.user_id
             LEFT JOIN orgs o ON o.org_id = u.org_id
-            WHERE t.token_hash = %s AND t.revoked_at IS NULL AND NOT u.disabled""",
+            WHERE t.token_hash = %s AND t.revoked_at IS NULL AND NOT u.disabled
+              AND (t.expires_at IS NULL OR t.expires_at > now())""",
         (hash_token(token),),
     )
     row = await cur.fetchone()
@@ -84,6 +87,20 @@ async def principal_from_token(conn: AConn, token: str) -> Principal | None:
             "UPDATE api_tokens SET last_used_at = now() WHERE token_id = %s", (row["token_id"],)
         )
     return Principal.from_row(row)
+
+
+async def token_refusal(conn: AConn, token: str) -> str:
+    """Why `principal_from_token` refused a token, in words for its holder.
+
+    Only an expiry is named: the holder knows when the token was issued, and it tells them to get
+    a new one. Revoked, unknown and disabled stay one answer, which tells nobody anything.
+    """
+    cur = await conn.execute(
+        """SELECT 1 FROM api_tokens
+           WHERE token_hash = %s AND revoked_at IS NULL AND expires_at <= now()""",
+        (hash_token(token),),
+    )
+    return TOKEN_EXPIRED if await cur.fetchone() else REFUSED
 
 
 async def principal_from_login(conn: AConn, email: str, password: str) -> Principal | None:

@@ -11,12 +11,14 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dashboards.auth import (
+    REFUSED,
     SESSION_COOKIE,
     Principal,
     SessionConfig,
     csrf_valid,
     principal_from_session,
     principal_from_token,
+    token_refusal,
 )
 from dashboards.errors import ApiError
 from dashboards.queries import AConn, PageRequest
@@ -71,7 +73,9 @@ async def get_principal(
             raise ApiError(403, f"a write with a session cookie needs the {CSRF_HEADER} header")
         principal = await principal_from_session(conn, config, cookie)
     if principal is None:
-        raise ApiError(401, "missing, invalid or revoked credentials", headers={"WWW-Authenticate": "Bearer"})
+        token = credentials.credentials if credentials is not None else None
+        message = await token_refusal(conn, token) if token else REFUSED
+        raise ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
     request.state.principal = principal
     return principal
 
