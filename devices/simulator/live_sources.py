@@ -15,14 +15,16 @@ else stays clear of them, as the `normal` scenarios do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 
 from devices.simulator.device import Message, SimDevice
+from devices.simulator.scenarios import default_rules
 from devices.simulator.signals import (
+    AMBIENT_C,
     DAY_S,
     HOUR_S,
     ImplantState,
@@ -32,12 +34,14 @@ from devices.simulator.signals import (
     implant_daily,
     parked,
     rng_for,
+    seconds_to_reach,
     trip,
 )
 
 HEARTBEAT_S = 1800.0  # parked vehicle; well inside 1.5 x the default 3,600 s heartbeat_s
 SAMPLE_S, BATCH_SAMPLES = 5.0, 6  # vehicle telemetry: a 5 s sample, a batch every 30 s
 OUTBOX_MAX = 1000  # messages waiting after commands; more means nobody drains them
+OVERHEAT_AFTER_S = 600.0  # an overheating incident's drive: the cooling fails this far in
 # Incident kind -> (device kind, the rules it must trip, when its alert is due: seconds after the
 # simulated clock has caught up with the wall clock). Placing them after the catch-up makes them current
 # alerts that page, not late ones recorded from a backlog.
@@ -97,16 +101,32 @@ def _lead_s(action: str, args: dict[str, Any]) -> float:
     """How long before its alert is due an incident starts."""
     if action == "af_episode":  # the alert transmission follows the episode's end
         return float(args["duration_s"]) + 120
-    if action == "overheating":  # hot after `overheat_after_s`, and the rule wants 60 s of it
-        return float(args["overheat_after_s"]) + 60
+    if action == "overheating":
+        return _overheating_lead_s(float(args["overheat_after_s"]), float(args["peak_c"]))
     return 0.0
+
+
+def _overheating_lead_s(overheat_after_s: float, peak_c: float) -> float:
+    """From the start of the drive until the overheating rule fires, read off the coolant signal.
+
+    The car starts cold (parked for hours), so its coolant is at ambient. Assuming the warmest ambient
+    gives the shortest climb: a colder car pages a little later than planned, never before the clock
+    has caught up.
+    """
+    rule = default_rules()["vehicle"]["vehicle.overheating"]
+    climb_s = seconds_to_reach(float(rule["value"]), AMBIENT_C[1], overheat_after_s, peak_c=peak_c)
+    return climb_s + float(rule["for_s"])
 
 
 def _incident_args(action: str, rng: np.random.Generator) -> dict[str, Any]:
     if action == "af_episode":  # > 6 h of AF: a burden > 25 % of the day
         return {"duration_s": int(rng.uniform(7, 8) * HOUR_S), "max_v_rate_bpm": int(rng.uniform(105, 118))}
     if action == "overheating":  # >= 110 degC for far longer than the rule's 60 s, engine running
-        return {"duration_s": int(rng.uniform(35, 45) * 60), "overheat_after_s": 600, "peak_c": 118}
+        return {
+            "duration_s": int(rng.uniform(35, 45) * 60),
+            "overheat_after_s": OVERHEAT_AFTER_S,
+            "peak_c": 118.0,
+        }
     if action == "new_dtc":
         return {"code": str(rng.choice(["P0171", "P0420", "P0455", "P0128"]))}
     return {"voltage_v": 2.62, "longevity_months": 3.0}
@@ -125,7 +145,7 @@ class LiveImplant:
         self.hour = start.replace(minute=0, second=0, microsecond=0)
         self.measured: list[Sample] = []  # stored in the implant, not yet uploaded
         self.days_done: set[datetime] = set()
-        self.incidents = sorted(incidents, key=lambda i: i.at_s)
+        self.incidents = sorted(incidents, key=self._fires_at)  # in the order they go out
         self.af = [
             (origin + timedelta(seconds=i.at_s), origin + timedelta(seconds=i.at_s + i.args["duration_s"]))
             for i in incidents
@@ -134,12 +154,16 @@ class LiveImplant:
         self.outbox: list[Message] = []
 
     def due(self, until: datetime) -> list[Message]:
-        """Everything sent up to `until` (event time)."""
+        """Everything sent up to `until` (event time).
+
+        An incident goes out when it happens (the home monitor's alert transmission), not at the next
+        hourly upload: waiting for that would page the clinic up to an hour late.
+        """
         out, self.outbox = self.outbox, []
         while self.hour + self.offset <= until:
             out += self._hour(self.hour, self.hour + self.offset)
             self.hour += timedelta(hours=1)
-        return out
+        return out + self._incidents(until)
 
     def command(self, name: str, at: datetime) -> list[Message]:
         """After an `ok` reply: `request_transmission` uploads what the implant has stored."""
@@ -153,9 +177,7 @@ class LiveImplant:
         if day not in self.days_done:
             self.days_done.add(day)
             self.measured += heart_rate_hourly(self.rng, day, self.state.rest_hr_bpm, self._af_hours(day))
-        out: list[Message] = []
-        while self.incidents and self.origin + timedelta(seconds=self._fires_at(self.incidents[0])) <= at:
-            out += self._incident(self.incidents.pop(0))
+        out = self._incidents(at)
         if hour.hour == 2:
             yesterday = day - timedelta(days=1)
             burden = float(self._af_hours(yesterday).sum()) / 24 * 100 + float(self.rng.uniform(0, 0.8))
@@ -176,6 +198,13 @@ class LiveImplant:
         out = [self.device.telemetry(ready, at)] if ready else []
         if kind is not None:
             out.append(self.device.event(at, "transmission", {"kind": kind}))
+        return out
+
+    def _incidents(self, until: datetime) -> list[Message]:
+        """The planned incidents that have happened by `until`, each sent once."""
+        out: list[Message] = []
+        while self.incidents and self.origin + timedelta(seconds=self._fires_at(self.incidents[0])) <= until:
+            out += self._incident(self.incidents.pop(0))
         return out
 
     @staticmethod
@@ -216,7 +245,8 @@ class LiveImplant:
 class _Trip:
     start: datetime
     duration_s: float
-    overheat: bool = False
+    overheat_after_s: float | None = None  # an incident's drive: when its cooling fails
+    peak_c: float = 118.0
 
 
 class LiveVehicle:
@@ -234,7 +264,12 @@ class LiveVehicle:
         self.outbox: list[Message] = []
         self.dtcs: list[str] = []
         self.trips: list[_Trip] = [
-            _Trip(origin + timedelta(seconds=i.at_s), float(i.args["duration_s"]), overheat=True)
+            _Trip(
+                origin + timedelta(seconds=i.at_s),
+                float(i.args["duration_s"]),
+                float(i.args["overheat_after_s"]),
+                float(i.args["peak_c"]),
+            )
             for i in incidents
             if i.action == "overheating"
         ]
@@ -321,7 +356,8 @@ class LiveVehicle:
             t.start,
             t.duration_s,
             sample_s=SAMPLE_S,
-            overheat_after_s=600 if t.overheat else None,
+            overheat_after_s=t.overheat_after_s,
+            overheat_peak_c=t.peak_c,
         )
         self.queue.append(self.device.event(t.start, "ignition_on", {}))
         for i in range(0, len(samples), BATCH_SAMPLES):
@@ -332,9 +368,9 @@ class LiveVehicle:
         # Routine trips overlapping this one never happen; an incident's trip is only put off.
         later = end + timedelta(minutes=15)
         self.trips = [
-            x if x.start > end else _Trip(later, x.duration_s, True)
+            x if x.start > end else replace(x, start=later)
             for x in self.trips
-            if x is not t and (x.start > end or x.overheat)
+            if x is not t and (x.start > end or x.overheat_after_s is not None)
         ]
         self.stopped_at = end
         return end + timedelta(seconds=1)

@@ -16,6 +16,10 @@ import numpy as np
 Sample = tuple[datetime, str, float]
 HOUR_S = 3600
 DAY_S = 86_400
+AMBIENT_C = (5.0, 22.0)  # a car's ambient temperature is drawn from this range
+THERMOSTAT_C = 90.0  # a warm engine's coolant temperature
+WARM_UP_S = 420.0  # time constant of the warm-up towards THERMOSTAT_C
+OVERHEAT_RAMP_S = 300.0  # a failing cooling system adds its excess heat linearly over this long
 
 
 def rng_for(seed: int, *names: str | int) -> np.random.Generator:
@@ -129,7 +133,7 @@ class VehicleState:
     @classmethod
     def draw(cls, rng: np.random.Generator) -> VehicleState:
         """A car somewhere around a mid-sized European city."""
-        ambient = float(rng.uniform(5, 22))
+        ambient = float(rng.uniform(*AMBIENT_C))
         return cls(
             lat=float(rng.uniform(48.0, 52.0)),
             lon=float(rng.uniform(8.0, 12.0)),
@@ -173,11 +177,8 @@ def trip(
     load = np.clip(18 + speed * 0.25 + np.maximum(accel, 0) * 18 + rng.normal(0, 2, n), 10, 100)
     throttle = np.clip(load * 0.6 + rng.normal(0, 1.5, n), 0, 100)
     maf = np.clip(rpm * load / 100 * 0.012 + rng.normal(0, 0.3, n), 1.5, 250)
-    # Thermostat: exponential warm-up to ~90 degC, then held there.
-    coolant = 90 - (90 - state.coolant_c) * np.exp(-t / 420) + rng.normal(0, 0.3, n)
-    if overheat_after_s is not None:
-        rise = np.clip((t - overheat_after_s) / 300, 0, 1)
-        coolant = coolant + rise * (overheat_peak_c - 90)
+    noise = rng.normal(0, 0.3, n)
+    coolant = coolant_c(t, state.coolant_c, overheat_after_s, overheat_peak_c) + noise
     oil = coolant - 8 + (t / max(t[-1], 1)) * 10
     km = np.cumsum(speed * sample_s / 3600)
     fuel = state.fuel_pct - np.cumsum(maf) * sample_s * 2.2e-4
@@ -211,6 +212,44 @@ def trip(
         [(start + timedelta(seconds=float(t[i])), name, float(col[i])) for name, col in columns.items()]
         for i in range(n)
     ]
+
+
+def coolant_c(
+    t: np.ndarray, start_c: float, overheat_after_s: float | None = None, peak_c: float = 118.0
+) -> np.ndarray:
+    """Coolant temperature `t` seconds into a drive, before sensor noise.
+
+    The thermostat holds a warmed-up engine at THERMOSTAT_C; the warm-up towards it is exponential.
+    From `overheat_after_s` on, a failing cooling system adds up to `peak_c - THERMOSTAT_C` on top.
+    """
+    coolant = THERMOSTAT_C - (THERMOSTAT_C - start_c) * np.exp(-t / WARM_UP_S)
+    if overheat_after_s is None:
+        return coolant
+    rise = np.clip((t - overheat_after_s) / OVERHEAT_RAMP_S, 0, 1)
+    return coolant + rise * (peak_c - THERMOSTAT_C)
+
+
+def seconds_to_reach(
+    threshold_c: float,
+    start_c: float,
+    overheat_after_s: float,
+    *,
+    peak_c: float = 118.0,
+    sample_s: float = 5.0,
+) -> float:
+    """The first sample time (seconds into the drive) whose reading, before noise, reaches `threshold_c`.
+
+    With a cold engine the climb takes longer than `overheat_after_s` plus the ramp: the overheat adds
+    to a warm-up that has not finished. Readings are whole degrees, as `trip` reports them.
+    Raises ValueError if the curve never gets there.
+    """
+    horizon_s = overheat_after_s + OVERHEAT_RAMP_S + 20 * WARM_UP_S
+    t = np.arange(0.0, horizon_s, sample_s)
+    readings = np.round(coolant_c(t, start_c, overheat_after_s, peak_c), 0)
+    reached = np.flatnonzero(readings >= threshold_c)
+    if reached.size == 0:
+        raise ValueError(f"coolant from {start_c} degC never reaches {threshold_c} degC (peak {peak_c})")
+    return float(t[reached[0]])
 
 
 def parked(rng: np.random.Generator, state: VehicleState, at: datetime, since_stop_s: float) -> list[Sample]:
