@@ -104,6 +104,8 @@ RuleKind = Literal["threshold", "outside", "jump", "drop", "absence", "event", "
 
 
 class RulePublic(_View):
+    """A rule, with what went wrong when it was last evaluated (a failing rule is skipped, not fatal)."""
+
     rule_id: int
     key: str
     name: str
@@ -114,14 +116,24 @@ class RulePublic(_View):
     kind: str
     params: dict[str, Any]
     severity: Severity
-    class_: AlertClass = Field(alias="class")
+    class_: AlertClass = Field(
+        alias="class", description="clinical whenever the rule reads a clinical metric or event"
+    )
     auto_resolve: bool
     enabled: bool
     created_at: datetime
     updated_at: datetime
+    last_error: str | None = Field(description="why the rule last failed on a device (it was skipped there)")
+    error_count: int = Field(description="failed evaluations since the rule was created or last changed")
+    last_error_at: datetime | None
 
 
 class RuleCreate(_View):
+    """A new rule; `params` are checked for its kind and device kind (422 names the field).
+
+    `class` is derived: a rule reading a clinical metric or event is clinical whatever is asked.
+    """
+
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
     key: RuleKey

@@ -11,12 +11,17 @@ Each rule keeps a watermark (the newest item it has read) in its state. Items pa
 evaluated with the stored state; items before it (out of order) are evaluated on their own, warmed
 with the hour before them: a condition that began and ended there becomes a resolved `late` alert.
 Any alert whose evidence is older than `late_after_s` is flagged late and never escalated.
+
+Faults stay where they happen (`relay.faults`): a rule that raises on a device has its work for
+that device undone (a savepoint) and its error recorded on it, and every other rule goes on; a
+device whose evaluation fails as a whole is put back with a delay, and the round goes on.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +31,8 @@ from psycopg.types.json import Jsonb
 
 from relay import alerts
 from relay.evaluate import Clear, Event, Fire, Item, Sample, Signal, State, relevant, step
-from relay.rules import Rule, effective_rules
+from relay.faults import RuleFault, defer_device, record_rule_faults
+from relay.rules import Rule, usable_rules
 
 Conn = psycopg.Connection[dict[str, Any]]
 LOCK_CLASS = 0x50570001  # advisory lock namespace: per-device evaluation
@@ -57,6 +63,7 @@ class _Batch:
     now: datetime
     touched: dict[int, str] = field(default_factory=dict)
     loaded: dict[str, str] = field(default_factory=dict)
+    faults: list[RuleFault] = field(default_factory=list)
 
     def touch(self, alert_id: int, event: str) -> None:
         # The first event of an alert in this batch decides its delivery: an alert opened and
@@ -65,9 +72,13 @@ class _Batch:
 
 
 def pending_devices(conn: Conn, limit: int = 100) -> list[str]:
-    """Devices with queued batches: those with events first (events page), then the longest-waiting."""
+    """Devices with queued batches: those with events first (events page), then the longest-waiting.
+
+    A device put back after a failed evaluation waits for its `retry_at`, new batches included.
+    """
     rows = conn.execute(
         "SELECT device_id FROM eval_queue GROUP BY device_id"
+        " HAVING coalesce(max(retry_at), '-infinity') <= now()"
         " ORDER BY bool_or(has_events) DESC, min(eval_id) LIMIT %s",
         (limit,),
     ).fetchall()
@@ -84,16 +95,26 @@ def evaluate_pending(conn: Conn, cfg: EngineConfig, limit: int = 100) -> int:
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     devices = pending_devices(conn, limit)
     conn.rollback()
-    consumed = 0
-    for device_id in devices:
-        for _ in range(5):
-            try:
-                with conn.transaction():
-                    consumed += evaluate_device(conn, device_id, cfg)
-                break
-            except psycopg.errors.SerializationFailure:
-                continue  # another worker committed this device's state under our snapshot
-    return consumed
+    return sum(_evaluate_one(conn, device_id, cfg) for device_id in devices)
+
+
+def _evaluate_one(conn: Conn, device_id: str, cfg: EngineConfig) -> int:
+    """One device in its own transaction; its rules' faults recorded after, its own failure contained."""
+    for _ in range(5):
+        faults: list[RuleFault] = []
+        try:
+            with conn.transaction():
+                consumed = evaluate_device(conn, device_id, cfg, faults)
+        except psycopg.errors.SerializationFailure:
+            continue  # another worker committed this device's state under our snapshot
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise  # the database, not this device: the service reconnects and retries
+        except Exception as exc:  # this device's data or state: it waits, the round goes on
+            defer_device(conn, device_id, exc)
+            return 0
+        record_rule_faults(conn, faults)
+        return consumed
+    return 0
 
 
 def lock_device(conn: Conn, device_id: str) -> bool:
@@ -104,10 +125,13 @@ def lock_device(conn: Conn, device_id: str) -> bool:
     return bool(row and row["got"])
 
 
-def evaluate_device(conn: Conn, device_id: str, cfg: EngineConfig) -> int:
+def evaluate_device(
+    conn: Conn, device_id: str, cfg: EngineConfig, faults: list[RuleFault] | None = None
+) -> int:
     """Evaluate every queued batch of one device in the caller's transaction; returns batches consumed.
 
-    Returns 0 without doing anything when another worker holds the device.
+    Returns 0 without doing anything when another worker holds the device. A rule that fails is
+    skipped for this device, its fault appended to `faults` for the caller to record once committed.
     """
     if not lock_device(conn, device_id):
         return 0
@@ -122,23 +146,26 @@ def evaluate_device(conn: Conn, device_id: str, cfg: EngineConfig) -> int:
     device = conn.execute("SELECT * FROM devices WHERE device_id = %s", (device_id,)).fetchone()
     if device is not None:
         lo, hi = min(q["min_ts"] for q in queue), max(q["max_ts"] for q in queue)
-        _evaluate_range(conn, device, (lo, hi, sorted({str(q["xid"]) for q in queue})), cfg)
+        batch = _evaluate_range(conn, device, (lo, hi, sorted({str(q["xid"]) for q in queue})), cfg)
+        if faults is not None:
+            faults += batch.faults
     conn.execute("DELETE FROM eval_queue WHERE eval_id = ANY(%s)", (ids,))
     return len(ids)
 
 
 def _evaluate_range(
     conn: Conn, device: dict[str, Any], span: tuple[datetime, datetime, list[str]], cfg: EngineConfig
-) -> None:
+) -> _Batch:
     lo, hi, xids = span
     device_id = device["device_id"]
-    rules = effective_rules(conn, device_id)
+    rules, faults = usable_rules(conn, device_id)
     stored = conn.execute(
         "SELECT rule_key, state FROM rule_state WHERE device_id = %s", (device_id,)
     ).fetchall()
     batch = _Batch(device, rules, {r["rule_key"]: dict(r["state"]) for r in stored}, cfg, datetime.now(UTC))
     # Serialized copies: states hold nested windows that rules mutate in place.
     batch.loaded = {r["rule_key"]: _dump(r["state"]) for r in stored}
+    batch.faults += faults
     items = fetch_items(conn, device_id, rules, lo - timedelta(microseconds=1), hi, xids=xids)
     late: dict[str, list[Item]] = {}
     for rule in rules:
@@ -150,6 +177,33 @@ def _evaluate_range(
         _evaluate_late(conn, batch, late)
     _clear_silence(conn, batch, hi)
     _save(conn, batch, hi)
+    return batch
+
+
+@contextmanager
+def _isolated(conn: Conn, batch: _Batch, rule: Rule, *, savepoint: bool = True) -> Iterator[None]:
+    """Run one rule's work for this device; when it raises, undo it and record the fault, and go on.
+
+    Its writes are undone by a savepoint (skipped for pure work, which writes nothing), its state
+    and the alerts it touched restored to what they were. Database trouble is not the rule's
+    fault and is raised on (the device is retried).
+    """
+    touched = dict(batch.touched)
+    try:
+        if savepoint:
+            with conn.transaction():
+                yield
+        else:
+            yield
+    except (psycopg.OperationalError, psycopg.InterfaceError):
+        raise
+    except Exception as exc:
+        batch.touched = touched
+        if rule.key in batch.loaded:
+            batch.states[rule.key] = json.loads(batch.loaded[rule.key])
+        else:
+            batch.states.pop(rule.key, None)
+        batch.faults.append(RuleFault.of(rule.rule_id, rule.key, batch.device["device_id"], exc))
 
 
 def _advance(conn: Conn, batch: _Batch, rule: Rule, items: list[Item]) -> list[Item]:
@@ -157,19 +211,28 @@ def _advance(conn: Conn, batch: _Batch, rule: Rule, items: list[Item]) -> list[I
 
     The watermark is per rule (the newest item the rule has read), so a nightly upload whose
     daily summary is stamped earlier than the day's events is still in order for its own rule.
+    The rule's steps run first (pure: nothing to undo but its state), then its signals are written.
     """
-    state = batch.states.setdefault(rule.key, {})
-    mark = state.get("wm")
+    signals: list[Signal] = []
     old: list[Item] = []
-    for item in items:
-        if not relevant(rule, item):
-            continue
-        if mark is not None and item.ts.timestamp() <= mark - batch.cfg.reorder_tolerance_s:
-            old.append(item)
-            continue
-        for signal in step(rule, state, item):
-            _apply_current(conn, batch, rule, signal)
-        state["wm"] = mark = max(mark or 0.0, item.ts.timestamp())
+    before = len(batch.faults)
+    with _isolated(conn, batch, rule, savepoint=False):
+        state = batch.states.setdefault(rule.key, {})
+        mark = state.get("wm")
+        for item in items:
+            if not relevant(rule, item):
+                continue
+            if mark is not None and item.ts.timestamp() <= mark - batch.cfg.reorder_tolerance_s:
+                old.append(item)
+                continue
+            signals += step(rule, state, item)
+            state["wm"] = mark = max(mark or 0.0, item.ts.timestamp())
+    if len(batch.faults) > before:
+        return []  # the rule failed on this device: skipped, late items included
+    if signals:
+        with _isolated(conn, batch, rule):
+            for signal in signals:
+                _apply_current(conn, batch, rule, signal)
     return old
 
 
@@ -190,9 +253,7 @@ def fetch_items(
     and data read before (batches overlap in time) is not read again.
     """
     metrics = sorted({m for r in rules for m in r.metrics()})
-    types = sorted(
-        {t for r in rules for t in (r.params.get("event_types") or [r.params.get("event_type")]) if t}
-    )
+    types = sorted({t for r in rules for t in r.event_types()})
     tail = f" ORDER BY ts DESC LIMIT {int(limit)}" if limit else " ORDER BY ts"
     own = " AND xmin = ANY(%s::xid[])" if xids is not None else ""
     extra = (xids,) if xids is not None else ()
@@ -261,11 +322,13 @@ def _evaluate_late(conn: Conn, batch: _Batch, late: dict[str, list[Item]]) -> No
 
     for rule in batch.rules:
         if rule.key in late:
-            state: State = {}
-            first, last = late[rule.key][0].ts, late[rule.key][-1].ts
-            _replay(rule, state, [i for i in warm if relevant(rule, i) and i.ts < first], lambda r, s: None)
-            span = fetch_items(conn, device_id, [rule], first - timedelta(microseconds=1), last)
-            _replay(rule, state, [i for i in span if relevant(rule, i)], sink)
+            with _isolated(conn, batch, rule):
+                state: State = {}
+                first, last = late[rule.key][0].ts, late[rule.key][-1].ts
+                warm_items = [i for i in warm if relevant(rule, i) and i.ts < first]
+                _replay(rule, state, warm_items, lambda r, s: None)
+                span = fetch_items(conn, device_id, [rule], first - timedelta(microseconds=1), last)
+                _replay(rule, state, [i for i in span if relevant(rule, i)], sink)
 
 
 def _record_late(conn: Conn, batch: _Batch, rule: Rule, fire: Fire, clear: Clear | None) -> None:
@@ -294,7 +357,8 @@ def _clear_silence(conn: Conn, batch: _Batch, hi: datetime) -> None:
     # Data came in: a device that was silent is not any more.
     for rule in batch.rules:
         if rule.kind == "absence" and batch.states.get(rule.key, {}).pop("silent", False):
-            _apply_current(conn, batch, rule, Clear(hi))
+            with _isolated(conn, batch, rule):
+                _apply_current(conn, batch, rule, Clear(hi))
 
 
 def _dump(state: State) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import operator
-import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from relay.rules import Rule
+from relay.rules import Rule, pattern
 
 State = dict[str, Any]
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -210,7 +209,8 @@ def _matches(expected: Any, actual: Any) -> bool:
     if isinstance(expected, list):
         return any(_matches(e, actual) for e in expected)
     if isinstance(expected, str) and expected.startswith("^"):
-        return isinstance(actual, str) and re.fullmatch(expected, actual) is not None
+        # RE2: linear in the input whatever the pattern, so a rule cannot stall the engine.
+        return isinstance(actual, str) and pattern(expected).fullmatch(actual) is not None
     return bool(expected == actual)
 
 

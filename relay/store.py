@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 from pulsewire.errors import PulsewireError
 from relay import alerts
 from relay.egress import EgressPolicy, EgressRefused, check_destination
-from relay.rules import RuleError, validate
+from relay.rules import RuleError, derived_class, validate
 from relay.signing import new_secret
 from relay.views import ALERT_SELECT, AUDIENCES, provider_view, view_for
 
@@ -230,19 +230,19 @@ def list_deliveries(
 
 _RULE_COLUMNS = (
     "rule_id, key, name, device_kind, model, device_id, provider_org_id, kind, params, "
-    "severity, class, auto_resolve, enabled, created_at, updated_at"
+    "severity, class, auto_resolve, enabled, created_at, updated_at, last_error, error_count, last_error_at"
 )
 
 
 def list_rules(conn: Conn, org_id: int, device_kind: str | None = None) -> list[dict[str, Any]]:
-    """The global defaults and the org's own rules."""
+    """The global defaults and the org's own rules, each with the class it is evaluated with."""
     where, params = "(provider_org_id IS NULL OR provider_org_id = %s)", list[Any]([org_id])
     if device_kind is not None:
         where += " AND device_kind = %s"
         params.append(device_kind)
-    return list(
-        conn.execute(f"SELECT {_RULE_COLUMNS} FROM rules WHERE {where} ORDER BY key, rule_id", params)
-    )
+    rows = conn.execute(f"SELECT {_RULE_COLUMNS} FROM rules WHERE {where} ORDER BY key, rule_id", params)
+    # A row stored before the class was derived says what the engine does with it, not what it holds.
+    return [r | {"class": derived_class(r["device_kind"], r["kind"], r["params"], r["class"])} for r in rows]
 
 
 def create_rule(conn: Conn, org_id: int, data: dict[str, Any]) -> dict[str, Any]:
@@ -273,15 +273,16 @@ def create_rule(conn: Conn, org_id: int, data: dict[str, Any]) -> dict[str, Any]
 
 
 def _rule_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The columns of a rule from API input, validated (RuleError names the field), class derived.
+
+    A rule that reads a clinical metric or event is stored as clinical even when `technical` was
+    asked: no 422, the answer carries the class the rule has.
+    """
     missing = [k for k in ("key", "name", "device_kind", "kind", "severity", "class") if k not in data]
     if missing:
         raise InvalidInput(f"a rule needs {', '.join(missing)}")
-    if data["device_kind"] not in ("implant", "vehicle"):
-        raise InvalidInput(f"device_kind must be implant or vehicle, got {data['device_kind']!r}")
     params = data.get("params") or {}
-    if not isinstance(params, dict):
-        raise InvalidInput("params must be an object")
-    validate(data["kind"], params, data["severity"], data["class"])
+    validate(data["device_kind"], data["kind"], params, data["severity"], data["class"])
     return {
         "key": data["key"],
         "name": data["name"],
@@ -291,7 +292,7 @@ def _rule_fields(data: dict[str, Any]) -> dict[str, Any]:
         "kind": data["kind"],
         "params": params,
         "severity": data["severity"],
-        "class": data["class"],
+        "class": derived_class(data["device_kind"], data["kind"], params, data["class"]),
         "auto_resolve": bool(data.get("auto_resolve", False)),
         "enabled": bool(data.get("enabled", True)),
     }
@@ -299,7 +300,8 @@ def _rule_fields(data: dict[str, Any]) -> dict[str, Any]:
 
 def patch_rule(conn: Conn, org_id: int, rule_id: int, changes: dict[str, Any]) -> dict[str, Any]:
     """Tune a rule. The org's own rule changes in place; a global default gets an org override
-    (same key and scope, for this provider only), so other providers keep the default."""
+    (same key and scope, for this provider only), so other providers keep the default. The change
+    is validated as a new rule is, and clears the errors recorded on the rule."""
     allowed = {"name", "params", "severity", "class", "auto_resolve", "enabled"}
     unknown = set(changes) - allowed
     if unknown:
@@ -319,7 +321,7 @@ def patch_rule(conn: Conn, org_id: int, rule_id: int, changes: dict[str, Any]) -
     row = conn.execute(
         f"""UPDATE rules SET name = %(name)s, params = %(params)s, severity = %(severity)s,
                    class = %(class)s, auto_resolve = %(auto_resolve)s, enabled = %(enabled)s,
-                   updated_at = now()
+                   last_error = NULL, error_count = 0, last_error_at = NULL, updated_at = now()
             WHERE rule_id = %(rule_id)s RETURNING {_RULE_COLUMNS}""",
         {**fields, "params": Jsonb(fields["params"]), "rule_id": rule_id},
     ).fetchone()

@@ -2,10 +2,13 @@
 
 Safe with any number of workers: a silent device is handled under the same per-device advisory
 lock as its evaluation, and escalation re-checks its condition under the alert's row lock.
+An absence rule that fails on a device is skipped there and its error recorded on it; a device
+that fails as a whole is logged and left for the next tick: neither stops the others, nor escalation.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,9 +18,11 @@ from psycopg.types.json import Jsonb
 from relay import alerts
 from relay.engine import EngineConfig, lock_device
 from relay.evaluate import Fire, silence
-from relay.rules import effective_rules
+from relay.faults import RuleFault, record_rule_faults
+from relay.rules import Rule, effective_rules
 
 Conn = psycopg.Connection[dict[str, Any]]
+log = logging.getLogger("pulsewire.relay")
 
 # Silence is measured from the newest data in event time (the device's watermark), not from when
 # it reached us: a home monitor whose week of backlog arrives at once was still silent for days.
@@ -41,45 +46,68 @@ def check_silences(conn: Conn, cfg: EngineConfig, limit: int = 200) -> list[int]
     """
     opened: list[int] = []
     for cand in conn.execute(_CANDIDATES, (_MIN_FACTOR, limit)).fetchall():
-        with conn.transaction():
-            if lock_device(conn, cand["device_id"]):
-                opened += _silence_device(conn, cand, cfg)
+        faults: list[RuleFault] = []
+        try:
+            with conn.transaction():
+                if lock_device(conn, cand["device_id"]):
+                    opened += _silence_device(conn, cand, cfg, faults)
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise  # the database, not this device
+        except Exception:
+            log.exception("silence check of device %s failed; tried again next tick", cand["device_id"])
+            continue
+        record_rule_faults(conn, faults)
     return opened
 
 
-def _silence_device(conn: Conn, cand: dict[str, Any], cfg: EngineConfig) -> list[int]:
+def _silence_device(
+    conn: Conn, cand: dict[str, Any], cfg: EngineConfig, faults: list[RuleFault]
+) -> list[int]:
     device = conn.execute("SELECT * FROM devices WHERE device_id = %s", (cand["device_id"],)).fetchone()
     if device is None:
         return []
-    last: datetime = cand["last_input_at"]
-    silent_for = (datetime.now(UTC) - last).total_seconds()
+    silent_for = (datetime.now(UTC) - cand["last_input_at"]).total_seconds()
     opened = []
     for rule in (r for r in effective_rules(conn, device["device_id"]) if r.kind == "absence"):
-        row = conn.execute(
-            "SELECT state FROM rule_state WHERE device_id = %s AND rule_key = %s",
-            (device["device_id"], rule.key),
-        ).fetchone()
-        state = dict(row["state"]) if row else {}
-        if not silence(rule, state, float(device["heartbeat_s"]), silent_for):
+        try:
+            with conn.transaction():  # a savepoint: a failing rule's writes are undone, alone
+                alert_id = _silence_rule(
+                    conn, device, rule, last=cand["last_input_at"], silent_for=silent_for, cfg=cfg
+                )
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise
+        except Exception as exc:
+            faults.append(RuleFault.of(rule.rule_id, rule.key, device["device_id"], exc))
             continue
-        values = {"silent_s": round(silent_for), "heartbeat_s": device["heartbeat_s"]}
-        result = alerts.fire(
-            conn,
-            device,
-            rule,
-            Fire(datetime.now(UTC), last, values, rule.severity),
-            late=False,
-            actor=cfg.actor,
-        )
-        conn.execute(
-            """INSERT INTO rule_state (device_id, rule_key, state) VALUES (%s, %s, %s)
-               ON CONFLICT (device_id, rule_key) DO UPDATE SET state = EXCLUDED.state, updated_at = now()""",
-            (device["device_id"], rule.key, Jsonb(state)),
-        )
-        if result is not None and result[1] == "opened":
-            alerts.enqueue(conn, result[0], "opened", email=cfg.email)
-            opened.append(result[0])
+        if alert_id is not None:
+            opened.append(alert_id)
     return opened
+
+
+def _silence_rule(
+    conn: Conn, device: dict[str, Any], rule: Rule, *, last: datetime, silent_for: float, cfg: EngineConfig
+) -> int | None:
+    """Open this absence rule's alert when the device's silence newly exceeds it; its id, or None."""
+    row = conn.execute(
+        "SELECT state FROM rule_state WHERE device_id = %s AND rule_key = %s",
+        (device["device_id"], rule.key),
+    ).fetchone()
+    state = dict(row["state"]) if row else {}
+    if not silence(rule, state, float(device["heartbeat_s"]), silent_for):
+        return None
+    values = {"silent_s": round(silent_for), "heartbeat_s": device["heartbeat_s"]}
+    result = alerts.fire(
+        conn, device, rule, Fire(datetime.now(UTC), last, values, rule.severity), late=False, actor=cfg.actor
+    )
+    conn.execute(
+        """INSERT INTO rule_state (device_id, rule_key, state) VALUES (%s, %s, %s)
+           ON CONFLICT (device_id, rule_key) DO UPDATE SET state = EXCLUDED.state, updated_at = now()""",
+        (device["device_id"], rule.key, Jsonb(state)),
+    )
+    if result is None or result[1] != "opened":
+        return None
+    alerts.enqueue(conn, result[0], "opened", email=cfg.email)
+    return result[0]
 
 
 def escalate(conn: Conn, cfg: EngineConfig, after_s: int) -> list[int]:

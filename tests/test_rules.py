@@ -48,11 +48,11 @@ def test_defaults_are_valid_and_cover_both_kinds() -> None:
 
 def test_validate_names_the_problem() -> None:
     with pytest.raises(RuleError, match="needs metric"):
-        validate("threshold", {"op": ">", "value": 1}, "red", "technical")
+        validate("implant", "threshold", {"op": ">", "value": 1}, "red", "technical")
     with pytest.raises(RuleError, match="op must be"):
-        validate("threshold", {"metric": "x", "op": "=>", "value": 1}, "red", "technical")
+        validate("implant", "threshold", {"metric": "x", "op": "=>", "value": 1}, "red", "technical")
     with pytest.raises(RuleError, match="severity"):
-        validate("event", {"event_type": "x"}, "orange", "technical")
+        validate("implant", "event", {"event_type": "x"}, "orange", "technical")
 
 
 def test_threshold_needs_for_duration_and_clears_with_hysteresis() -> None:

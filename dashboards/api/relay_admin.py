@@ -45,12 +45,19 @@ async def list_rules(
 @router.post(
     "/rules",
     status_code=status.HTTP_201_CREATED,
-    responses={409: {"description": "a rule with this key and scope exists"}},
+    responses={
+        409: {"description": "a rule with this key and scope exists"},
+        422: {"description": "an invalid field; the message names it (`params.match.code: ...`)"},
+    },
 )
 async def create_rule(
     *, request: Request, principal: CurrentPrincipal, conn: Conn, body: RuleCreate, org_id: OrgParam = None
 ) -> RulePublic:
-    """Add a rule for a device kind, a model or one device of the org."""
+    """Add a rule for a device kind, a model or one device of the org.
+
+    Its params are checked against the catalogue of the device kind; its class is derived (a rule
+    reading a clinical metric or event is clinical, whatever the request says).
+    """
     org = await relay_bridge.acting_org(conn, principal, org_id, "create rules")
     row = await relay_bridge.call(
         request.app.state.sync_pool, store.create_rule, org, body.model_dump(by_alias=True)
@@ -58,7 +65,13 @@ async def create_rule(
     return RulePublic.model_validate(row)
 
 
-@router.patch("/rules/{rule_id}", responses={409: {"description": "conflicts with another rule"}})
+@router.patch(
+    "/rules/{rule_id}",
+    responses={
+        409: {"description": "conflicts with another rule"},
+        422: {"description": "an invalid field; the message names it"},
+    },
+)
 async def patch_rule(
     *,
     request: Request,
@@ -68,7 +81,8 @@ async def patch_rule(
     body: RuleUpdate,
     org_id: OrgParam = None,
 ) -> RulePublic:
-    """Tune a rule; tuning a global default creates the org's own override."""
+    """Tune a rule (validated as a new one; clears its recorded errors); tuning a global default
+    creates the org's own override."""
     org = await relay_bridge.acting_org(conn, principal, org_id, "change rules")
     changes = body.model_dump(by_alias=True, exclude_none=True)
     row = await relay_bridge.call(request.app.state.sync_pool, store.patch_rule, org, rule_id, changes)

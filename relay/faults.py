@@ -1,0 +1,103 @@
+"""Faults that stay where they happen: a rule that fails on one device, a device whose evaluation fails.
+
+A rule's fault is recorded on the rule (`last_error`, `error_count`, `last_error_at`) for its
+provider to see in the API and on the rules page; the rule is skipped for that device and every
+other rule and device goes on. A device whose evaluation fails as a whole (not in one rule) has its
+queued batches put back with a growing delay, so it never holds up the queue and loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+Conn = psycopg.Connection[dict[str, Any]]
+log = logging.getLogger("pulsewire.relay")
+
+ERROR_MAX_CHARS = 500
+DEVICE_RETRY_MAX_S = 300
+_LOGGED_MAX = 10_000
+_logged: set[tuple[int | None, str]] = set()
+
+
+@dataclass(frozen=True)
+class RuleFault:
+    """A rule that could not be used or evaluated for one device, and why."""
+
+    rule_id: int | None
+    key: str
+    device_id: str
+    error: str
+
+    @classmethod
+    def of(cls, rule_id: int | None, key: str, device_id: str, exc: BaseException) -> RuleFault:
+        """The fault `exc` of one rule on one device, its text bounded."""
+        text = str(exc) if _names_field(exc) else f"{type(exc).__name__}: {exc}"
+        return cls(rule_id, key, device_id, text[:ERROR_MAX_CHARS])
+
+
+def _names_field(exc: BaseException) -> bool:
+    # A RuleError already says which field and why; other errors need their type to make sense.
+    return hasattr(exc, "field")
+
+
+# A global default is shared by every provider: its error text may carry another tenant's data
+# (a device id, event values), so they get only the kind of error; the relay log has the rest.
+_RECORD = """
+UPDATE rules SET error_count = error_count + %(n)s, last_error_at = now(),
+       last_error = CASE WHEN provider_org_id IS NULL
+                         THEN %(generic)s
+                         ELSE %(text)s END
+WHERE rule_id = %(rule_id)s
+"""
+
+
+def record_rule_faults(conn: Conn, faults: list[RuleFault]) -> None:
+    """Record the faults on their rules, one short READ COMMITTED transaction (outside any other).
+
+    Kept out of the device's transaction: workers evaluating other devices of the same broken rule
+    would otherwise wait on its row lock and fail to serialize.
+    """
+    per_rule: dict[int, tuple[int, RuleFault]] = {}
+    for f in faults:
+        _log_once(f)
+        if f.rule_id is not None:
+            n, _ = per_rule.get(f.rule_id, (0, f))
+            per_rule[f.rule_id] = (n + 1, f)
+    if not per_rule:
+        return
+    level = conn.isolation_level
+    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+    try:
+        with conn.transaction():
+            for rule_id, (n, f) in sorted(per_rule.items()):  # one lock order for every worker
+                text = f"device {f.device_id}: {f.error}"
+                generic = f"{f.error.split(':', 1)[0]} (details in the relay log)"
+                conn.execute(_RECORD, {"n": n, "generic": generic, "text": text, "rule_id": rule_id})
+    finally:
+        conn.isolation_level = level
+
+
+def _log_once(f: RuleFault) -> None:
+    # Once per rule and error text per process: a broken rule fails on every batch of every device.
+    if (f.rule_id, f.error) in _logged:
+        return
+    if len(_logged) >= _LOGGED_MAX:
+        _logged.clear()
+    _logged.add((f.rule_id, f.error))
+    log.warning("rule %s (%s) failed on device %s and is skipped: %s", f.key, f.rule_id, f.device_id, f.error)
+
+
+def defer_device(conn: Conn, device_id: str, exc: BaseException) -> None:
+    """Put a device's queued batches back with a growing delay (capped), after its evaluation failed."""
+    log.error("evaluation of device %s failed; retried later", device_id, exc_info=exc)
+    with conn.transaction():
+        conn.execute(
+            """UPDATE eval_queue SET attempts = attempts + 1, last_error = %s,
+                      retry_at = now() + make_interval(secs => least(%s, power(2, attempts)))
+               WHERE device_id = %s""",
+            (f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS], DEVICE_RETRY_MAX_S, device_id),
+        )
