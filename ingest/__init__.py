@@ -2,7 +2,7 @@
 
 `IngestService` is one worker (any number may share the broker's `$share/ingest/...` subscription);
 `pulsewire ingest` runs one from the command line. `ingest.validate` is the pure validation step and
-`IngestMetrics.text()` the Prometheus text the dashboard can include.
+`IngestMetrics` the worker's own Prometheus metrics (`--metrics-port`; not part of the dashboard's).
 """
 
 from ingest.metrics import IngestMetrics

@@ -1,4 +1,7 @@
-"""Prometheus metrics of an ingest worker, on a registry of its own (several workers per process in tests)."""
+"""Prometheus metrics of an ingest worker, on a registry of its own (several workers per process in tests).
+
+They are served by the worker itself (`pulsewire ingest --metrics-port N`), not by the dashboard.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +50,10 @@ class IngestMetrics:
         self.queue_depth.set_function(depth)
 
     def text(self) -> bytes:
-        """The metrics in Prometheus text format (the dashboard's /metrics includes this)."""
+        """The metrics in Prometheus text format, as `serve` answers a scrape.
+
+        The dashboard's `/metrics` does not include these: it has only its own HTTP metrics.
+        """
         return bytes(generate_latest(self.registry))
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
