@@ -23,7 +23,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from dashboards.errors import forbidden, invalid, not_found
-from schemas.catalogue import CATALOGUE, CLINICAL_EVENTS, DeviceKind, Metric
+from schemas.catalogue import CATALOGUE, CLINICAL_EVENTS, DeviceKind, Metric, vendor_event_data
 
 if TYPE_CHECKING:
     from dashboards.auth import Principal
@@ -199,7 +199,8 @@ async def readings(conn: AConn, q: ReadingsQuery) -> tuple[list[Row], bool]:
 async def events(
     conn: AConn, p: Principal, device_id: str, page: PageRequest, *, type_: str | None = None
 ) -> list[Row]:
-    """Events of a visible device, newest first; a vendor never gets clinical ones."""
+    """Events of a visible device, newest first; a vendor never gets clinical ones, and of the
+    others only the whitelisted fields of their data (`schemas.catalogue.VENDOR_EVENT_FIELDS`)."""
     hidden = [] if sees_clinical_data(p) else sorted(CLINICAL_EVENTS)
     cur = await conn.execute(
         """SELECT ts, type, data, boot_id, seq, received_at FROM events
@@ -208,7 +209,10 @@ async def events(
            ORDER BY ts DESC, seq DESC LIMIT %(limit)s OFFSET %(offset)s""",
         {"device_id": device_id, "hidden": hidden, "type": type_, "limit": page.limit, "offset": page.offset},
     )
-    return await cur.fetchall()
+    rows = await cur.fetchall()
+    if sees_clinical_data(p):
+        return rows
+    return [r | {"data": vendor_event_data(r["type"], dict(r["data"]))} for r in rows]
 
 
 async def quarantine(conn: AConn, p: Principal, page: PageRequest, *, reason: str | None = None) -> list[Row]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class DeviceKind(StrEnum):
@@ -111,6 +112,20 @@ EVENT_TYPES: dict[DeviceKind, frozenset[str]] = {
 }
 # Events that describe the patient, not the device: never shown to a vendor.
 CLINICAL_EVENTS = frozenset({"af_episode", "vt_episode", "vf_episode", "shock_delivered", "atp_delivered"})
+# The event data a vendor may see, per event type: fields that describe the device (its battery, a
+# fault code, a reset reason). Anything else a device sends, and every field of an event type not
+# listed here, stays with the provider. The trouble codes and lamp of a car concern the owner's asset,
+# not the dongle: its vendor sees that such an event happened, without its data.
+VENDOR_EVENT_FIELDS: dict[str, frozenset[str]] = {
+    "battery_status": frozenset({"status"}),
+    "device_reset": frozenset({"reason", "code"}),
+    "integrity_fault": frozenset({"code", "component", "status"}),
+    "transmission": frozenset({"kind"}),
+    "dongle_unplugged": frozenset(),
+    "dongle_plugged": frozenset(),
+    "heartbeat": frozenset(),
+}
+_VENDOR_VALUE_MAX_CHARS = 200
 
 
 def metric_for(kind: DeviceKind | str, name: str) -> Metric | None:
@@ -121,3 +136,20 @@ def metric_for(kind: DeviceKind | str, name: str) -> Metric | None:
 def is_clinical_metric(name: str) -> bool:
     """Whether a metric of that name is clinical (or identifying) on any device kind."""
     return any(m.clinical for kind in CATALOGUE.values() if (m := kind.get(name)) is not None)
+
+
+def is_clinical_event(event_type: str) -> bool:
+    """Whether an event of that type describes the patient (or driver) rather than the device."""
+    return event_type in CLINICAL_EVENTS
+
+
+def vendor_event_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The fields of an event's data its device's vendor may see: whitelisted, scalar, short."""
+    allowed = VENDOR_EVENT_FIELDS.get(event_type, frozenset())
+    return {
+        key: value
+        for key, value in data.items()
+        if key in allowed
+        and isinstance(value, int | float | str | bool)
+        and not (isinstance(value, str) and len(value) > _VENDOR_VALUE_MAX_CHARS)
+    }
