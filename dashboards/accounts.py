@@ -1,12 +1,20 @@
-"""API tokens of the caller: issue (shown once), list, revoke. Scoped to the caller's own user."""
+"""API tokens of the caller: issue (shown once), list, revoke, scoped to the caller's own user.
+Users as an admin manages them: list, disable, enable."""
 
 from __future__ import annotations
 
 import secrets
 from datetime import datetime
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+from starlette.concurrency import run_in_threadpool
 
 from dashboards.auth import Principal
-from dashboards.queries import AConn, PageRequest, Row, audit
+from dashboards.errors import ApiError, not_found
+from dashboards.queries import AConn, PageRequest, Row, audit, require_role
+from pulsewire import registry
+from pulsewire.errors import RegistryError
 from pulsewire.registry import TOKEN_PREFIX, hash_token
 
 _MAX_TOKEN_ID = 2**63 - 1
@@ -49,3 +57,34 @@ async def revoke_token(conn: AConn, p: Principal, token_id: int) -> bool:
         return False
     await audit(conn, p, "token.revoke", "token", str(token_id))
     return True
+
+
+async def list_users(conn: AConn, p: Principal, page: PageRequest) -> list[Row]:
+    """Every user, by id (admins only)."""
+    require_role(p, ("admin",), "list users")
+    cur = await conn.execute(
+        """SELECT user_id, email, display_name, role, org_id, disabled_at FROM users
+           ORDER BY user_id LIMIT %s OFFSET %s""",
+        (page.limit, page.offset),
+    )
+    return await cur.fetchall()
+
+
+async def set_disabled(state: Any, conn: AConn, p: Principal, user_id: int, *, disabled: bool) -> Row:
+    """Disable or enable a user (admins only, never themselves); the registry does the work."""
+    require_role(p, ("admin",), "disable or enable users")
+    if user_id == p.user_id:
+        raise ApiError(409, "an admin cannot disable or enable themselves", code="self")
+    pool: ConnectionPool[registry.Conn] = state.sync_pool
+    row = await run_in_threadpool(_set_disabled, pool, user_id, disabled)
+    await audit(conn, p, "user.disable" if disabled else "user.enable", "user", str(user_id))
+    return row
+
+
+def _set_disabled(pool: ConnectionPool[registry.Conn], user_id: int, disabled: bool) -> Row:
+    # The registry is synchronous (the CLI shares it); this runs in a worker thread.
+    with pool.connection() as sync_conn:
+        try:
+            return registry.set_user_disabled(sync_conn, user_id, disabled)
+        except RegistryError as exc:
+            raise not_found(f"user {user_id}") from exc

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
+import psycopg_pool
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +19,7 @@ from psycopg import DataError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pulsewire.errors import BrokerError, DatabaseError, PulsewireError
+from pulsewire.errors import BrokerError, ConfigError, DatabaseError, PulsewireError, StackError
 
 log = logging.getLogger("pulsewire.dashboards")
 
@@ -112,10 +114,30 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_input", f"{where}: {message}" if where else message, details)
 
 
+# What a client is told when a dependency fails. The exception's own text stays in the log: a
+# driver's message names hosts, ports, users and file paths.
+DATABASE_UNAVAILABLE = "database unavailable"
+BROKER_UNAVAILABLE = "broker unavailable"
+_UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
+    (DatabaseError, DATABASE_UNAVAILABLE),
+    (psycopg.OperationalError, DATABASE_UNAVAILABLE),
+    (psycopg.InterfaceError, DATABASE_UNAVAILABLE),
+    (psycopg_pool.PoolTimeout, DATABASE_UNAVAILABLE),
+    (BrokerError, BROKER_UNAVAILABLE),
+    (StackError, BROKER_UNAVAILABLE),
+    (ConfigError, "service misconfigured"),
+)
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    message = next(m for kind, m in _UNAVAILABLE if isinstance(exc, kind))
+    log.warning("%s on %s %s: %s", message, request.method, request.url.path, exc)
+    return error_response(503, "unavailable", message)
+
+
 async def _pulsewire_error(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, DatabaseError | BrokerError):
-        log.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return error_response(503, "unavailable", str(exc))
+    if any(isinstance(exc, kind) for kind, _ in _UNAVAILABLE):
+        return await _unavailable(request, exc)
     return error_response(422, "invalid_input", str(exc))
 
 
@@ -138,6 +160,8 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(PulsewireError, _pulsewire_error)
+    for kind in (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout):
+        app.add_exception_handler(kind, _unavailable)
     app.add_exception_handler(Exception, _bug)
 
 

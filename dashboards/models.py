@@ -110,6 +110,13 @@ class DeviceCreated(BaseModel):
     broker_synced: bool
 
 
+class DecommissionPublic(BaseModel):
+    """A retired device; `broker_synced` is false when its login must still be removed from the broker."""
+
+    device: DeviceView
+    broker_synced: bool
+
+
 class ReadingPoint(BaseModel):
     ts: datetime
     value: float

@@ -1,7 +1,8 @@
-"""Registering a device through the API: who may, for which org, and the broker's auth afterwards."""
+"""A device's life through the API: registering it, decommissioning it, and the broker's auth after each."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -10,10 +11,12 @@ from starlette.concurrency import run_in_threadpool
 from dashboards.api.common import device_view
 from dashboards.auth import Principal
 from dashboards.errors import ApiError, forbidden, invalid
-from dashboards.models import DeviceCreate, DeviceCreated, DevicePublic
+from dashboards.models import DecommissionPublic, DeviceCreate, DeviceCreated, DevicePublic
 from dashboards.queries import AConn, audit, require_role, visible_device
 from pulsewire import registry
-from pulsewire.errors import RegistryError
+from pulsewire.errors import RegistryError, StackError
+
+log = logging.getLogger("pulsewire.dashboards.registration")
 
 
 async def register_device(state: Any, conn: AConn, p: Principal, body: DeviceCreate) -> DeviceCreated:
@@ -72,3 +75,30 @@ def _add_and_sync(
             raise ApiError(status, str(exc)) from exc
         sync_conn.commit()
         return creds, registry.sync_broker_auth(sync_conn, state_dir)
+
+
+async def decommission_device(state: Any, conn: AConn, p: Principal, device_id: str) -> DecommissionPublic:
+    """Retire a device for good (admins): its broker login goes, its history stays."""
+    await visible_device(conn, p, device_id)
+    require_role(p, ("admin",), "decommission devices")
+    sync_pool: ConnectionPool[registry.Conn] = state.sync_pool
+    synced = await run_in_threadpool(_decommission_and_sync, sync_pool, state.settings.state_dir, device_id)
+    await audit(conn, p, "device.decommission", "device", device_id, details={"broker_synced": synced})
+    return DecommissionPublic(
+        device=device_view(p, await visible_device(conn, p, device_id)), broker_synced=synced
+    )
+
+
+def _decommission_and_sync(pool: ConnectionPool[registry.Conn], state_dir: Any, device_id: str) -> bool:
+    with pool.connection() as sync_conn:
+        try:
+            registry.decommission_device(sync_conn, device_id)
+        except RegistryError as exc:
+            raise ApiError(404, str(exc)) from exc
+        sync_conn.commit()
+        try:
+            return registry.sync_broker_auth(sync_conn, state_dir)
+        except StackError as exc:
+            # Decommissioned all the same; the login goes at the next successful sync.
+            log.warning("broker auth not updated after decommissioning %s: %s", device_id, exc)
+            return False

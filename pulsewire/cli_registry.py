@@ -1,9 +1,12 @@
-"""Admin commands: `pulsewire orgs|owners|devices|users add|list`."""
+"""Admin commands: `pulsewire orgs|owners|devices|users add|list`, `users disable|enable|token`,
+`devices decommission`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pulsewire import registry
@@ -34,6 +37,10 @@ def add_commands(sub: Any) -> None:
     add.add_argument("--owner", type=int, help="owner id")
     add.add_argument("--serial")
     add.add_argument("--firmware", default="")
+    retire = _action(
+        devices, "decommission", _devices_decommission, "retire a device: no broker login, data kept"
+    )
+    retire.add_argument("device_id")
 
     users = _group(sub, "users", "people and their API tokens")
     add = _action(users, "add", _users_add, "create a user; prints an API token once")
@@ -43,6 +50,34 @@ def add_commands(sub: Any) -> None:
     add.add_argument("--owner", type=int, help="owner id (role owner)")
     add.add_argument("--name", help="display name")
     add.add_argument("--password", help="enables web login")
+    add.add_argument("--expires-in", type=duration, help="the token expires after this: 90d, 12h, 30m")
+    token = _action(users, "token", _users_token, "issue another API token for a user; printed once")
+    token.add_argument("email")
+    token.add_argument("--name", default="cli", help="what the token is for")
+    token.add_argument("--expires-in", type=duration, help="the token expires after this: 90d, 12h, 30m")
+    for name, help_text in (
+        ("disable", "disable a user: their sessions end and their tokens are refused at once"),
+        ("enable", "enable a disabled user again (their tokens work again; they sign in anew)"),
+    ):
+        switch = _action(users, name, _users_switch, help_text)
+        switch.add_argument("email")
+        switch.set_defaults(disable=name == "disable")
+
+
+_DURATION = re.compile(r"^(\d{1,6})([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
+_MAX_EXPIRY = timedelta(days=3_660)
+
+
+def duration(text: str) -> timedelta:
+    """`90d`, `12h`, `30m`, `600s` as a timedelta (1 minute to 10 years), for argparse."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected a duration like 90d, 12h or 30m, got {text!r}")
+    value = timedelta(seconds=int(match[1]) * _UNIT_S[match[2]])
+    if not timedelta(minutes=1) <= value <= _MAX_EXPIRY:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside 1 minute to 10 years")
+    return value
 
 
 def _group(sub: Any, name: str, help_text: str) -> Any:
@@ -132,9 +167,55 @@ def _users_add(settings: Settings, args: argparse.Namespace) -> int:
             owner_id=args.owner,
             password=args.password,
         )
-        token = registry.issue_token(conn, user_id, "cli")
+        expires_at = _expiry(args.expires_in)
+        token = registry.issue_token(conn, user_id, "cli", expires_at=expires_at)
     return _emit(
         args,
-        {"user_id": user_id, "token": token},
-        f"user {args.email} created with id {user_id}; API token (shown once):\n  {token}",
+        {"user_id": user_id, "token": token, "expires_at": _iso(expires_at)},
+        f"user {args.email} created with id {user_id}; "
+        f"API token (shown once{_until(expires_at)}):\n  {token}",
     )
+
+
+def _users_token(settings: Settings, args: argparse.Namespace) -> int:
+    with connect(settings.require_database_url(), autocommit=True) as conn:
+        user_id = registry.user_id_by_email(conn, args.email)
+        expires_at = _expiry(args.expires_in)
+        token = registry.issue_token(conn, user_id, args.name, expires_at=expires_at)
+    return _emit(
+        args,
+        {"user_id": user_id, "token": token, "expires_at": _iso(expires_at)},
+        f"API token for {args.email} (shown once{_until(expires_at)}):\n  {token}",
+    )
+
+
+def _users_switch(settings: Settings, args: argparse.Namespace) -> int:
+    disabled = bool(args.disable)
+    with connect(settings.require_database_url(), autocommit=True) as conn:
+        user = registry.set_user_disabled(conn, registry.user_id_by_email(conn, args.email), disabled)
+    data = {"user_id": user["user_id"], "email": user["email"], "disabled_at": _iso(user["disabled_at"])}
+    return _emit(args, data, f"user {user['email']} {'disabled' if disabled else 'enabled'}")
+
+
+def _devices_decommission(settings: Settings, args: argparse.Namespace) -> int:
+    with connect(settings.require_database_url(), autocommit=True) as conn:
+        when = registry.decommission_device(conn, args.device_id)
+        synced = registry.sync_broker_auth(conn, settings.state_dir)
+    text = f"device {args.device_id} decommissioned at {when.isoformat()}; its data stays until retention"
+    if not synced:
+        text += "\n  (no local stack running: remove its login from your broker)"
+    return _emit(
+        args, {"device_id": args.device_id, "decommissioned_at": _iso(when), "broker_updated": synced}, text
+    )
+
+
+def _expiry(expires_in: timedelta | None) -> datetime | None:
+    return datetime.now(UTC) + expires_in if expires_in is not None else None
+
+
+def _until(expires_at: datetime | None) -> str:
+    return f", valid until {expires_at.isoformat(timespec='seconds')}" if expires_at else ""
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
