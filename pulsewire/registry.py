@@ -27,6 +27,9 @@ ORG_KINDS = ("provider", "vendor", "operator")
 ROLES = ("provider_staff", "vendor_staff", "owner", "admin")
 DEVICE_KINDS = ("implant", "vehicle")
 TOKEN_PREFIX = "pw_"
+# A device's id is its broker login: one naming a service login (`pulsewire`, the local stack's, and
+# any `pulsewire...` name kept for services) would clash with it in the password file and wedge the sync.
+RESERVED_DEVICE_ID_PREFIX = "pulsewire"
 _hasher = PasswordHasher()
 
 
@@ -88,6 +91,9 @@ def add_device(
     password: str | None = None,
 ) -> DeviceCredentials:
     """Register a device and create its MQTT credentials, returned once."""
+    if is_reserved_device_id(device_id):
+        raise RegistryError(f"device_id {device_id!r} is reserved: ids starting with "
+                            f"{RESERVED_DEVICE_ID_PREFIX!r} name service logins")  # fmt: skip
     if kind not in DEVICE_KINDS:
         raise RegistryError(f"device kind must be one of {', '.join(DEVICE_KINDS)}, got {kind!r}")
     _require_org(conn, provider_org_id, "provider")
@@ -151,13 +157,23 @@ def decommission_device(conn: Conn, device_id: str) -> datetime:
     return when
 
 
+def is_reserved_device_id(device_id: str) -> bool:
+    """Whether `device_id` names (or could name) a service login of the broker, in any letter case."""
+    return device_id.lower().startswith(RESERVED_DEVICE_ID_PREFIX)
+
+
 def device_credentials(conn: Conn) -> list[tuple[str, str]]:
     """(device_id, Mosquitto password hash) of every device in service, for the broker's password file."""
     rows = conn.execute(
         """SELECT device_id, mqtt_password_hash FROM devices
            WHERE decommissioned_at IS NULL ORDER BY device_id"""
     )
-    return [(str(r["device_id"]), str(r["mqtt_password_hash"])) for r in rows]
+    # A reserved id registered before the rule existed gets no login, rather than wedging every sync.
+    return [
+        (str(r["device_id"]), str(r["mqtt_password_hash"]))
+        for r in rows
+        if not is_reserved_device_id(str(r["device_id"]))
+    ]
 
 
 def add_user(
