@@ -40,7 +40,12 @@ def shared_topics(group: str = SHARE_GROUP) -> tuple[str, ...]:
     published before the worker has subscribed again are dropped; plain ones are restored.
     """
     prefix = f"$share/{group}/" if group else ""
-    return tuple(f"{prefix}pw/v1/dev/+/{kind}" for kind in ("telemetry", "event", "status"))
+    # pw/v1/replay/...: quarantined messages replayed by the service login (`pulsewire quarantine replay`).
+    return tuple(
+        f"{prefix}pw/v1/{source}/+/{kind}"
+        for source in ("dev", "replay")
+        for kind in ("telemetry", "event", "status")
+    )
 
 
 SESSION_EXPIRY_S = 86_400  # QoS 1 messages wait a day for a worker that is down

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from schemas.catalogue import CATALOGUE
+from schemas.payloads import INT64_LIMIT
 
 # As schemas.payloads, anchored with \Z: Python's `$` also matches before a trailing newline.
 # Checked here rather than as msgspec patterns (one Python regex call per string, the main cost).
@@ -27,6 +28,9 @@ _METRICS = frozenset(name for metrics in CATALOGUE.values() for name in metrics)
 # (a `"key":12.1234567` float does not match: a digit must precede the colon).
 _LONG_FRACTION = re.compile(rb"\.(?<=\d:\d\d\.)\d{7}")  # starts with a literal: fast scan
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+# JSON can only carry a NUL in a string as this escape (a raw one is malformed); the slow path names
+# it (`nul_in_string`). An escaped backslash before `u0000` also matches: the slow path then decides.
+_NUL_ESCAPE = b"\\u0000"
 
 
 class FastReading(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -43,7 +47,7 @@ class FastTelemetry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     schema: Literal["pulsewire.telemetry/1"]
     device_id: str
     boot_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    seq: Annotated[int, msgspec.Meta(ge=0)]
+    seq: Annotated[int, msgspec.Meta(ge=0, le=INT64_LIMIT - 1)]  # msgspec bounds must fit int64
     sent_at: AwareTime
     readings: Annotated[list[FastReading], msgspec.Meta(min_length=1)]
 
@@ -53,7 +57,7 @@ _decoder = msgspec.json.Decoder(FastTelemetry)
 
 def fast_telemetry(payload: bytes) -> FastTelemetry | None:
     """The decoded telemetry, or None when the slow path (pydantic) must decide."""
-    if _LONG_FRACTION.search(payload):
+    if _NUL_ESCAPE in payload or _LONG_FRACTION.search(payload):
         return None
     try:
         msg = _decoder.decode(payload)

@@ -6,6 +6,10 @@ thread over a bounded queue (`HANDOFF_BATCHES`). When that queue is full the net
 reading the socket and the broker holds the rest (backpressure, not memory growth). The writer thread
 commits each batch in one transaction and only then passes its acks back; the network thread sends
 them, a batch at a time. A crash loses nothing, and a redelivery is deduplicated by `ingest_log`.
+Before a batch is written, each device is charged for its messages (`ingest.budget`); what exceeds
+its budget is quarantined as `rate_limited`. Quarantined messages replayed by `pulsewire quarantine
+replay` arrive on `pw/v1/replay/...` (only the service login may publish there), are validated like
+any other and are not charged again.
 While PostgreSQL is away the same batch is retried with capped backoff. The writer spends most of
 its time in PostgreSQL with the GIL released, so validation and commit overlap.
 """
@@ -26,10 +30,12 @@ from pathlib import Path
 from typing import IO
 
 from ingest._consumer import SHARE_GROUP, Ack, Consumer, Received, shared_topics
+from ingest.budget import DeviceBudget
 from ingest.metrics import IngestMetrics
 from ingest.validate import Quarantined, Telemetry, Validated, validate
 from ingest.writer import BatchOutcome, BatchWriter
 from pulsewire.errors import DatabaseError
+from pulsewire.quarantine import DEVICE_TOPIC_PREFIX, REPLAY_TOPIC_PREFIX
 from pulsewire.settings import Settings
 from schemas.payloads import QuarantineReason
 
@@ -53,6 +59,7 @@ class _Batch:
     raws: list[Raw] = field(default_factory=list)
     items: list[Validated] = field(default_factory=list)
     rows: int = 0
+    replayed: set[int] = field(default_factory=set)  # indices of replayed messages: not charged
 
 
 class IngestService:
@@ -68,7 +75,11 @@ class IngestService:
         self._acks: deque[list[Ack]] = deque()  # committed batches' acks, writer → network thread
         self._intake_closed = threading.Event()
         self._abandon = threading.Event()
-        self._writer = BatchWriter(settings.require_database_url())
+        self._writer = BatchWriter(
+            settings.require_database_url(),
+            quarantine_payload_max_bytes=settings.quarantine_payload_max_bytes,
+        )
+        self._budget = DeviceBudget(settings.device_rate_msgs_per_s, settings.device_burst_msgs)
         self._consumer = Consumer(settings.mqtt(), client_id, self._receive, shared_topics(share_group))
         self._batch = _Batch()
         self._net = threading.Thread(target=self._net_loop, name=f"ingest-net-{client_id}", daemon=True)
@@ -151,8 +162,11 @@ class IngestService:
         # unacked, so the broker resends it on this session's next connection.
         if self._intake_closed.is_set():
             return
-        item = self._validate(raw)
         batch = self._batch
+        if raw[0].startswith(REPLAY_TOPIC_PREFIX):
+            batch.replayed.add(len(batch.raws))
+            raw = (DEVICE_TOPIC_PREFIX + raw[0][len(REPLAY_TOPIC_PREFIX) :], *raw[1:])
+        item = self._validate(raw)
         batch.raws.append(raw)
         batch.items.append(item)
         batch.rows += len(item.readings) if isinstance(item, Telemetry) else 1
@@ -173,7 +187,8 @@ class IngestService:
 
     def _validate(self, raw: Raw) -> Validated:
         return validate(raw[0], raw[1], self._kinds, now=datetime.now(UTC),
-                        max_future_skew_s=self.settings.max_future_skew_s)  # fmt: skip
+                        max_future_skew_s=self.settings.max_future_skew_s,
+                        retention_days=self.settings.retention_days)  # fmt: skip
 
     # -- writer thread --------------------------------------------------------------------------
 
@@ -186,6 +201,8 @@ class IngestService:
                 continue
             self._writing = True
             try:
+                if batch is not None:
+                    self._charge(batch)
                 if batch is None or not self._commit(batch):
                     return
             finally:
@@ -201,7 +218,7 @@ class IngestService:
             try:
                 self._recheck_unregistered(batch)
                 started = time.perf_counter()
-                outcome = self._writer.write(batch.items)
+                outcome = self._writer.write(batch.items, [raw[1] for raw in batch.raws])
                 self.metrics.commit_seconds.observe(time.perf_counter() - started)
                 break
             except DatabaseError as exc:
@@ -214,6 +231,25 @@ class IngestService:
         self._acks.append([(mid, qos, conn) for _t, _p, mid, qos, conn in batch.raws])
         self._count(batch, outcome)
         return True
+
+    def _charge(self, batch: _Batch) -> None:
+        """Charge each device for its messages; quarantine what exceeds its budget (`rate_limited`)."""
+        items, replayed = batch.items, batch.replayed
+        over = self._budget.over_budget(
+            None if i in replayed else item.device_id for i, item in enumerate(items)
+        )
+        if not over:
+            return
+        detail = self._budget.description
+        for i, item in enumerate(items):
+            device_id = item.device_id
+            if device_id is None or device_id not in over or i in replayed:
+                continue
+            if over[device_id]:  # the device's first messages are admitted
+                over[device_id] -= 1
+            else:
+                topic, payload = batch.raws[i][0], batch.raws[i][1]
+                items[i] = Quarantined(topic, device_id, QuarantineReason.RATE_LIMITED, detail, payload)
 
     def _recheck_unregistered(self, batch: _Batch) -> None:
         """Reload the registry when a batch names unknown devices, then validate those again."""
@@ -252,7 +288,9 @@ class IngestService:
         if now < self._next_maintenance:
             return
         try:
-            self._writer.maintain_storage(self.settings.retention_days)
+            self._writer.maintain_storage(
+                self.settings.retention_days, self.settings.quarantine_retention_days
+            )
             self._next_maintenance = now + MAINTENANCE_EVERY_S
         except DatabaseError as exc:
             log.warning("storage maintenance failed, retrying in %.0fs: %s", MAINTENANCE_RETRY_S, exc)

@@ -1,9 +1,10 @@
 """Validation of one MQTT message: pure, fast, and total (every input gives a value, never an error).
 
-`validate(topic, payload, kinds, now=..., max_future_skew_s=...)` returns a `Telemetry`, `Event` or
-`Status` to store, or a `Quarantined` naming the `QuarantineReason`. Structural rules come from the
-pydantic models in `schemas.payloads`; the rules that need the device registry (`kinds`: device id →
-kind) or the server clock are applied here. A message with one bad reading is quarantined whole.
+`validate(topic, payload, kinds, now=..., max_future_skew_s=..., retention_days=...)` returns a
+`Telemetry`, `Event` or `Status` to store, or a `Quarantined` naming the `QuarantineReason`. Structural
+rules (NUL in a string, seq within int64) come from the pydantic models in `schemas.payloads`; the rules
+that need the device registry (`kinds`: device id → kind) or the server clock (future, or older than
+retention) are applied here. A message with one bad reading is quarantined whole.
 """
 
 from __future__ import annotations
@@ -106,8 +107,22 @@ def topic_device(topic: str) -> tuple[str, str] | None:
     return parts[0], parts[1]
 
 
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """Timestamps accepted: after `oldest` (retention) and up to `latest` (the allowed clock skew)."""
+
+    oldest: datetime
+    latest: datetime
+
+
 def validate(
-    topic: str, payload: bytes, kinds: Mapping[str, str], *, now: datetime, max_future_skew_s: int
+    topic: str,
+    payload: bytes,
+    kinds: Mapping[str, str],
+    *,
+    now: datetime,
+    max_future_skew_s: int,
+    retention_days: int,
 ) -> Validated:
     """Check one message against the contract; see the module docstring."""
     where = topic_device(topic)
@@ -124,18 +139,30 @@ def validate(
         if payload.count(b'"metric"') > MAX_READINGS:
             return reject(QuarantineReason.TOO_MANY_READINGS, f"more than {MAX_READINGS} readings")
         return reject(QuarantineReason.OVERSIZED, f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
-    limit = now + timedelta(seconds=max_future_skew_s)
+    window = _Window(now - timedelta(days=retention_days), now + timedelta(seconds=max_future_skew_s))
     if kind == "telemetry":
-        return _telemetry(payload, device_id, kinds, limit, reject)
+        return _telemetry(payload, device_id, kinds, window, reject)
     if kind == "event":
-        return _event(payload, device_id, kinds, limit, reject)
+        return _event(payload, device_id, kinds, window, reject)
     return _status(payload, device_id, kinds, reject)
+
+
+# Error types raised by the payload models' own checks, with their reasons.
+_NAMED_ERRORS = {
+    "nul_in_string": QuarantineReason.NUL_IN_STRING,
+    "non_finite": QuarantineReason.NON_FINITE,
+    "int_out_of_range": QuarantineReason.INVALID_PAYLOAD,
+}
 
 
 def _parse_error(exc: ValidationError) -> tuple[QuarantineReason, str]:
     errors = exc.errors(include_url=False, include_input=False)
     if any(e["type"] == "json_invalid" for e in errors):
         return QuarantineReason.MALFORMED_JSON, errors[0]["msg"]
+    for e in errors:
+        named = _NAMED_ERRORS.get(e["type"])
+        if named is not None:  # the message names its path in the payload
+            return named, e["msg"]
     for e in errors:
         if e["loc"][:1] == ("schema",):
             return QuarantineReason.WRONG_SCHEMA, f"schema: {e['msg']}"
@@ -156,7 +183,7 @@ def _identity(device_id: str, claimed: str, kinds: Mapping[str, str], reject: Re
 
 
 def _telemetry(
-    payload: bytes, device_id: str, kinds: Mapping[str, str], limit: datetime, reject: Reject
+    payload: bytes, device_id: str, kinds: Mapping[str, str], window: _Window, reject: Reject
 ) -> Telemetry | Quarantined:
     # The common case in C; None means pydantic decides (and explains what is wrong).
     msg: FastTelemetry | TelemetryPayload | None = fast_telemetry(payload)
@@ -171,7 +198,7 @@ def _telemetry(
     if len(msg.readings) > MAX_READINGS:
         return reject(QuarantineReason.TOO_MANY_READINGS,
                       f"{len(msg.readings)} readings > {MAX_READINGS}")  # fmt: skip
-    bad = _bad_readings(msg.readings, CATALOGUE[DeviceKind(kind)], limit)
+    bad = _bad_readings(msg.readings, CATALOGUE[DeviceKind(kind)], window)
     if bad:
         reason = bad[0][1]
         shown = "; ".join(f"readings[{i}] {why}" for i, _, why in bad[:_MAX_DETAIL_ITEMS])
@@ -193,10 +220,11 @@ def _copy_rows(device_id: str, readings: Sequence[ReadingLike]) -> tuple[bytes, 
 
 
 def _bad_readings(
-    readings: Sequence[ReadingLike], catalogue: Mapping[str, Any], limit: datetime
+    readings: Sequence[ReadingLike], catalogue: Mapping[str, Any], window: _Window
 ) -> list[tuple[int, QuarantineReason, str]]:
     """(index, reason, detail) of every bad reading; the hot loop, so plain and branch-light."""
     bad: list[tuple[int, QuarantineReason, str]] = []
+    oldest, limit = window.oldest, window.latest
     for i, r in enumerate(readings):
         metric = catalogue.get(r.metric)
         value = r.value
@@ -209,11 +237,13 @@ def _bad_readings(
                         f"{r.metric}: {value} outside [{metric.low}, {metric.high}]"))  # fmt: skip
         elif r.ts > limit:
             bad.append((i, QuarantineReason.FUTURE_TIMESTAMP, f"{r.metric}: ts {r.ts.isoformat()} is ahead"))
+        elif r.ts < oldest:
+            bad.append((i, QuarantineReason.TOO_OLD, f"{r.metric}: ts {r.ts.isoformat()} is past retention"))
     return bad
 
 
 def _event(
-    payload: bytes, device_id: str, kinds: Mapping[str, str], limit: datetime, reject: Reject
+    payload: bytes, device_id: str, kinds: Mapping[str, str], window: _Window, reject: Reject
 ) -> Event | Quarantined:
     try:
         msg = EventPayload.model_validate_json(payload)
@@ -224,8 +254,10 @@ def _event(
         return kind
     if msg.type not in EVENT_TYPES[DeviceKind(kind)]:
         return reject(QuarantineReason.UNKNOWN_EVENT_TYPE, f"{msg.type!r} is not a {kind} event")
-    if msg.ts > limit:
+    if msg.ts > window.latest:
         return reject(QuarantineReason.FUTURE_TIMESTAMP, f"ts {msg.ts.isoformat()} is ahead")
+    if msg.ts < window.oldest:
+        return reject(QuarantineReason.TOO_OLD, f"ts {msg.ts.isoformat()} is past retention")
     return Event(device_id, msg.boot_id, msg.seq, msg.ts, msg.type, msg.data)
 
 

@@ -1,13 +1,16 @@
 """The PostgreSQL side of ingest: one transaction per batch, rows by COPY, dedupe by `ingest_log`.
 
-psycopg types stay in this module. `BatchWriter.write(items)` either commits the whole batch and
-returns what it stored, or raises `DatabaseError` having stored nothing (the caller retries the same
-batch). A batch that PostgreSQL refuses for its data (a NUL in an event's JSON, a device deleted a
-moment ago) is split, and the one message that still fails is quarantined instead of stored.
+psycopg types stay in this module. `BatchWriter.write(items, payloads)` either commits the whole batch
+and returns what it stored, or raises `DatabaseError` having stored nothing (the caller retries the
+same batch). Validation should leave PostgreSQL nothing to refuse; when it still refuses a batch for
+its data, the batch is written again in one transaction, halved under savepoints until each refused
+message stands alone: those are quarantined (`db_rejected`, with the error class) and the rest stored.
+Quarantine keeps a prefix of each payload, with the size and SHA-256 of the whole.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -18,6 +21,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.types.json import Jsonb
 
+from ingest._streams import int_array, text_array, update_streams
 from ingest.validate import Event, Quarantined, Status, Telemetry, Validated
 from pulsewire.db import TRANSIENT_ERRORS, connect
 from pulsewire.errors import DatabaseError
@@ -56,9 +60,10 @@ class BatchOutcome:
 class BatchWriter:
     """Writes validated batches to one PostgreSQL connection, reconnecting when it is lost."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, quarantine_payload_max_bytes: int = 4_096) -> None:
         self._url = url
         self._conn: Conn | None = None
+        self._keep_bytes = quarantine_payload_max_bytes
 
     def close(self) -> None:
         """Close the connection (a later call reconnects)."""
@@ -71,20 +76,23 @@ class BatchWriter:
         rows = self._run(lambda c: c.execute("SELECT device_id, kind FROM devices").fetchall())
         return {str(r["device_id"]): str(r["kind"]) for r in rows}
 
-    def write(self, items: Sequence[Validated]) -> BatchOutcome:
-        """Store a batch in one transaction; DatabaseError means nothing was stored."""
-        try:
-            return self._run(lambda c: _write_batch(c, items))
-        except _Refused as refused:
-            if len(items) == 1:
-                return self._write_refused(items[0], refused.detail)
-            # Find the message PostgreSQL refuses: the rest are stored as usual.
-            total = BatchOutcome()
-            for item in items:
-                total.add(self.write([item]))
-            return total
+    def write(self, items: Sequence[Validated], payloads: Sequence[bytes] | None = None) -> BatchOutcome:
+        """Store a batch in one transaction; DatabaseError means nothing was stored.
 
-    def maintain_storage(self, retention_days: int) -> bool:
+        `payloads` (the raw messages, in the same order) are what a refused message is quarantined with.
+        """
+        keep = self._keep_bytes
+        try:
+            return self._run(lambda c: _write_batch(c, items, keep))
+        except _Refused:
+            pass
+        # The common path has no savepoints; only a refused batch pays for them.
+        try:
+            return self._run(lambda c: _write_isolating(c, items, payloads, keep))
+        except _Refused as exc:  # not even as quarantine rows: keep the batch (unacked) and say why
+            raise DatabaseError(f"database refuses the batch even message by message: {exc.detail}") from exc
+
+    def maintain_storage(self, retention_days: int, quarantine_retention_days: int) -> bool:
         """Run storage maintenance unless another worker is; True when it ran here."""
 
         def run(conn: Conn) -> bool:
@@ -94,25 +102,17 @@ class BatchWriter:
                 return False
             try:
                 conn.autocommit = True
-                report = maintain(conn, retention_days=retention_days)
-                log.info("storage maintained: %d partition(s) created, %d dropped",
-                         len(report.created), len(report.dropped))  # fmt: skip
+                report = maintain(conn, retention_days=retention_days,
+                                  quarantine_retention_days=quarantine_retention_days)  # fmt: skip
+                log.info("storage maintained: %d partition(s) created, %d dropped; %d quarantined expired",
+                         len(report.created), len(report.dropped),
+                         report.expired_quarantine_rows)  # fmt: skip
                 return True
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (MAINTENANCE_LOCK,))
                 conn.autocommit = False
 
         return self._run(run)
-
-    def _write_refused(self, item: Validated, detail: str) -> BatchOutcome:
-        if isinstance(item, Quarantined):
-            # Even the quarantine refused it: nothing more we can do than say so and move on.
-            log.error("dropping a message PostgreSQL refuses even in quarantine: %s", detail)
-            return BatchOutcome(messages=1)
-        topic = _topic_of(item)
-        payload = f"(refused by the database; parsed form) {item!r}".encode()
-        bad = Quarantined(topic, item.device_id, QuarantineReason.INVALID_PAYLOAD, detail, payload)
-        return self.write([bad])
 
     def _run(self, work: Callable[[Conn], T]) -> T:
         conn = self._conn
@@ -125,7 +125,7 @@ class BatchWriter:
         except _DATA_ERRORS as exc:
             if conn is not None:
                 self._rollback(conn)
-            raise _Refused(str(exc).splitlines()[0]) from exc
+            raise _Refused(_describe(exc)) from exc
         except TRANSIENT_ERRORS as exc:
             self.close()
             raise DatabaseError(f"database unavailable: {exc}") from exc
@@ -152,7 +152,57 @@ def _topic_of(item: Telemetry | Event | Status) -> str:
     return f"pw/v1/dev/{item.device_id}/{kind}"
 
 
-def _write_batch(conn: Conn, items: Sequence[Validated]) -> BatchOutcome:
+def _describe(exc: psycopg.Error) -> str:
+    """The error class, SQLSTATE and first line of a refusal (never the refused value's bytes)."""
+    return (
+        f"{type(exc).__name__} ({exc.sqlstate or 'client'}): {str(exc).splitlines()[0] if str(exc) else ''}"
+    )
+
+
+def _write_isolating(
+    conn: Conn, items: Sequence[Validated], payloads: Sequence[bytes] | None, keep: int
+) -> BatchOutcome:
+    """Write `items` in one transaction, each message PostgreSQL refuses quarantined as `db_rejected`."""
+    with conn.transaction():
+        out, refused = store(conn, items, keep)
+        bad: list[Quarantined] = []
+        for i, exc in refused:
+            item = items[i]
+            payload = payloads[i] if payloads is not None else repr(item).encode()
+            if isinstance(item, Quarantined):
+                # Quarantine rows hold nothing PostgreSQL can refuse; say so loudly if it ever does.
+                log.error("quarantine refused a %s row: %s", item.reason, _describe(exc))
+                topic, device_id = "pw/v1/dev/unknown", None
+            else:
+                topic, device_id = _topic_of(item), item.device_id
+            bad.append(Quarantined(topic, device_id, QuarantineReason.DB_REJECTED, _describe(exc), payload))
+        if bad:
+            log.warning("database refused %d message(s); quarantined as db_rejected", len(bad))
+            out.add(_write_batch(conn, bad, keep))
+    return out
+
+
+def store(
+    conn: Conn, items: Sequence[Validated], keep: int, offset: int = 0
+) -> tuple[BatchOutcome, list[tuple[int, psycopg.Error]]]:
+    """Write `items` inside the caller's transaction, halving under savepoints around refused messages.
+
+    Returns what was stored and the (index, error) of each message PostgreSQL refused on its own.
+    """
+    try:
+        with conn.transaction():  # a savepoint
+            return _write_batch(conn, items, keep), []
+    except _DATA_ERRORS as exc:
+        if len(items) == 1:
+            return BatchOutcome(), [(offset, exc)]
+    half = len(items) // 2
+    out, refused = store(conn, items[:half], keep, offset)
+    rest, more = store(conn, items[half:], keep, offset + half)
+    out.add(rest)
+    return out, refused + more
+
+
+def _write_batch(conn: Conn, items: Sequence[Validated], keep: int) -> BatchOutcome:
     out = BatchOutcome(messages=len(items))
     unique: dict[Key, Telemetry | Event] = {}
     statuses: dict[str, Status] = {}
@@ -169,11 +219,11 @@ def _write_batch(conn: Conn, items: Sequence[Validated]) -> BatchOutcome:
     out.duplicates = sequenced - len(new)
     spans = _copy_readings(conn, [m for m in new if isinstance(m, Telemetry)], out)
     _copy_events(conn, [m for m in new if isinstance(m, Event)], spans, out)
-    _copy_quarantine(conn, bad, out)
+    _copy_quarantine(conn, bad, keep, out)
     # Pipelined: the statements below go out without waiting for each other's answers (only a
     # read of results waits), one round trip instead of six; errors still surface here.
     with conn.pipeline():
-        out.gaps = _update_streams(conn, new)
+        out.gaps = update_streams(conn, new)
         _update_devices(conn, new, statuses)
         out.statuses = len(statuses)
         _queue_evaluation(conn, spans, {m.device_id for m in new if isinstance(m, Event)})
@@ -188,7 +238,7 @@ def _queue_evaluation(conn: Conn, spans: Spans, with_events: set[str]) -> None:
         "INSERT INTO eval_queue (device_id, min_ts, max_ts, has_events) "
         "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::boolean[])",
         (
-            _text_array(devices),
+            text_array(devices),
             [spans[d][0] for d in devices],
             [spans[d][1] for d in devices],
             [d in with_events for d in devices],
@@ -216,23 +266,13 @@ def _claim(conn: Conn, unique: dict[Key, Telemetry | Event]) -> list[Telemetry |
            SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::int[])
            ON CONFLICT DO NOTHING RETURNING device_id, boot_id, seq""",
         (
-            _text_array(k[0] for k in keys), _text_array(k[1] for k in keys), _int_array(k[2] for k in keys),
-            _text_array("telemetry" if isinstance(m, Telemetry) else "event" for m in msgs),
-            _int_array(len(m.readings) if isinstance(m, Telemetry) else 1 for m in msgs),
+            text_array(k[0] for k in keys), text_array(k[1] for k in keys), int_array(k[2] for k in keys),
+            text_array("telemetry" if isinstance(m, Telemetry) else "event" for m in msgs),
+            int_array(len(m.readings) if isinstance(m, Telemetry) else 1 for m in msgs),
         ),
     ).fetchall()  # fmt: skip
     fresh = {(r["device_id"], r["boot_id"], r["seq"]) for r in rows}
     return [unique[k] for k in keys if k in fresh]
-
-
-def _text_array(values: Iterable[str]) -> str:
-    """A text[] literal, sent as one parameter: psycopg's list dumper costs about 1 us an element."""
-    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
-
-
-def _int_array(values: Iterable[int]) -> str:
-    """A bigint[]/int[] literal, sent as one parameter."""
-    return "{" + ",".join(map(str, values)) + "}"
 
 
 Spans = dict[str, tuple[datetime, datetime]]
@@ -266,83 +306,23 @@ def _copy_events(conn: Conn, messages: list[Event], spans: Spans, out: BatchOutc
     out.events = len(messages)
 
 
-def _copy_quarantine(conn: Conn, bad: list[Quarantined], out: BatchOutcome) -> None:
+def _copy_quarantine(conn: Conn, bad: list[Quarantined], keep: int, out: BatchOutcome) -> None:
+    """COPY quarantine rows: the first `keep` bytes of each payload, with the whole's size and SHA-256."""
     if not bad:
         return
-    with conn.cursor().copy("COPY quarantine (topic, device_id, reason, detail, payload) FROM STDIN") as copy:
+    columns = "topic, device_id, reason, detail, payload, payload_size, payload_sha256"
+    with conn.cursor().copy(f"COPY quarantine ({columns}) FROM STDIN") as copy:
         for q in bad:
-            copy.write_row((q.topic, q.device_id, q.reason.value, q.detail, q.payload))
+            p = q.payload
+            device_id = q.device_id and _text(q.device_id)
+            copy.write_row((_text(q.topic), device_id, q.reason.value, _text(q.detail),
+                            p[:keep], len(p), hashlib.sha256(p).digest()))  # fmt: skip
             out.quarantined[q.reason.value] += 1
 
 
-def _update_streams(conn: Conn, new: list[Telemetry | Event]) -> int:
-    """Advance `device_streams` and record seq gaps; returns the number of gaps recorded."""
-    seqs: dict[tuple[str, str], list[int]] = {}
-    for m in new:
-        seqs.setdefault((m.device_id, m.boot_id), []).append(m.seq)
-    if not seqs:
-        return 0
-    streams = sorted(seqs)
-    devs, boots = [s[0] for s in streams], [s[1] for s in streams]
-    known = {
-        (r["device_id"], r["boot_id"]): int(r["max_seq"])
-        for r in conn.execute(
-            """SELECT device_id, boot_id, max_seq FROM device_streams
-               WHERE (device_id, boot_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
-               ORDER BY device_id, boot_id FOR UPDATE""",
-            (_text_array(devs), _text_array(boots)),
-        )
-    }
-    gaps: list[tuple[str, str, int, int]] = []
-    late: list[tuple[str, str, int]] = []
-    for stream in streams:
-        found = sorted(seqs[stream])
-        top = known.get(stream)
-        prev = found[0] - 1 if top is None else top
-        for seq in found:
-            if seq > prev + 1:
-                gaps.append((*stream, prev + 1, seq - 1))
-            elif top is not None and seq <= top:
-                late.append((*stream, seq))
-            prev = max(prev, seq)
-    conn.execute(
-        """INSERT INTO device_streams (device_id, boot_id, max_seq, messages)
-           SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
-           ON CONFLICT (device_id, boot_id) DO UPDATE SET
-             max_seq = GREATEST(device_streams.max_seq, EXCLUDED.max_seq),
-             messages = device_streams.messages + EXCLUDED.messages, updated_at = now()""",
-        (
-            _text_array(devs),
-            _text_array(boots),
-            _int_array(max(seqs[s]) for s in streams),
-            _int_array(len(seqs[s]) for s in streams),
-        ),
-    )
-    if gaps:
-        conn.execute(
-            "INSERT INTO seq_gaps (device_id, boot_id, first_seq, last_seq) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])",
-            tuple(list(col) for col in zip(*gaps, strict=True)),
-        )
-    for key in late:
-        _fill_gap(conn, *key)
-    return len(gaps)
-
-
-def _fill_gap(conn: Conn, device_id: str, boot_id: str, seq: int) -> None:
-    """A late message arrived: take its seq out of the gap that holds it (rare, so one by one)."""
-    rows = conn.execute(
-        """DELETE FROM seq_gaps WHERE device_id = %s AND boot_id = %s AND first_seq <= %s AND last_seq >= %s
-           RETURNING first_seq, last_seq""",
-        (device_id, boot_id, seq, seq),
-    ).fetchall()
-    for r in rows:
-        for low, high in ((int(r["first_seq"]), seq - 1), (seq + 1, int(r["last_seq"]))):
-            if low <= high:
-                conn.execute(
-                    "INSERT INTO seq_gaps (device_id, boot_id, first_seq, last_seq) VALUES (%s, %s, %s, %s)",
-                    (device_id, boot_id, low, high),
-                )
+def _text(value: str) -> str:
+    """Text PostgreSQL stores: a NUL (which it refuses) shown as `\\0`."""
+    return value.replace("\x00", "\\0") if "\x00" in value else value
 
 
 def _update_devices(conn: Conn, new: Iterable[Telemetry | Event], statuses: dict[str, Status]) -> None:

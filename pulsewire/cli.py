@@ -54,6 +54,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_simple(sub, "migrate", "apply the SQL migrations (idempotent)", _cmd_migrate)
     _add_simple(sub, "maintain", "create time partitions ahead and apply retention", _cmd_maintain)
     _add_registry(sub)
+    _add_quarantine(sub)
     schemas = sub.add_parser("schemas", help="export the payloads' JSON Schema")
     schemas.set_defaults(handler=_cmd_schemas)
     chosen = argv[0] if argv else None
@@ -89,6 +90,12 @@ def _add_registry(sub: Any) -> None:
     from pulsewire import cli_registry
 
     cli_registry.add_commands(sub)
+
+
+def _add_quarantine(sub: Any) -> None:
+    from pulsewire import cli_quarantine
+
+    cli_quarantine.add_commands(sub)
 
 
 def _cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
@@ -134,10 +141,14 @@ def _cmd_maintain(settings: Settings, args: argparse.Namespace) -> int:
     from pulsewire.storage import maintain
 
     with connect(settings.require_database_url(), autocommit=True) as conn:
-        report = maintain(conn, retention_days=settings.retention_days)
+        report = maintain(
+            conn,
+            retention_days=settings.retention_days,
+            quarantine_retention_days=settings.quarantine_retention_days,
+        )
     print(
         f"created {len(report.created)} partition(s), dropped {len(report.dropped)}, "
-        f"expired {report.expired_default_rows} old row(s)"
+        f"expired {report.expired_default_rows} old row(s) and {report.expired_quarantine_rows} quarantined"
     )
     return 0
 

@@ -2,8 +2,9 @@
 
 On TimescaleDB the policies added by the migration do this work and `maintain` only checks them.
 On plain PostgreSQL `readings` and `events` are partitioned by day: `maintain` creates the
-partitions for the days around now and drops the ones retention has passed. Ingest runs it at
-start and then hourly, so a long-running system never writes into a missing day.
+partitions for the days around now and drops the ones retention has passed. Either way it deletes
+quarantine rows older than their own retention. Ingest runs it at start and then hourly, so a
+long-running system never writes into a missing day.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pulsewire.migrate import storage_of
 PARTITIONED_TABLES = ("readings", "events")
 DAYS_AHEAD = 7
 DAYS_BEHIND = 7
+QUARANTINE_PURGE_ROWS = 10_000  # rows deleted a statement: short transactions, no long lock
 
 
 @dataclass
@@ -26,17 +28,23 @@ class MaintenanceReport:
     created: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     expired_default_rows: int = 0
+    expired_quarantine_rows: int = 0
 
 
 def maintain(
     conn: psycopg.Connection[dict[str, object]],
     *,
     retention_days: int,
+    quarantine_retention_days: int | None = None,
     now: datetime | None = None,
 ) -> MaintenanceReport:
-    """Create partitions around `now` and apply retention; idempotent."""
+    """Create partitions around `now` and apply retention (quarantine's too, when given); idempotent."""
     now = now or datetime.now(UTC)
     report = MaintenanceReport()
+    if quarantine_retention_days is not None:
+        report.expired_quarantine_rows = purge_quarantine(
+            conn, now - timedelta(days=quarantine_retention_days)
+        )
     if storage_of(conn) == "timescale":
         return report
     cutoff = now - timedelta(days=retention_days)
@@ -45,6 +53,21 @@ def maintain(
             _create_partitions(conn, table, now.date(), cutoff.date(), report)
             _drop_expired(conn, table, cutoff, report)
     return report
+
+
+def purge_quarantine(conn: psycopg.Connection[dict[str, object]], cutoff: datetime) -> int:
+    """Delete quarantine rows received before `cutoff`, a bounded chunk a statement; returns how many."""
+    total = 0
+    while True:
+        with conn.transaction():
+            cur = conn.execute(
+                """DELETE FROM quarantine WHERE quarantine_id IN (
+                     SELECT quarantine_id FROM quarantine WHERE received_at < %s LIMIT %s)""",
+                (cutoff, QUARANTINE_PURGE_ROWS),
+            )
+        total += max(cur.rowcount, 0)
+        if cur.rowcount < QUARANTINE_PURGE_ROWS:
+            return total
 
 
 def partition_name(table: str, day: date) -> str:
