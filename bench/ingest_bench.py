@@ -37,7 +37,7 @@ METRICS = [("rpm", 800.0, 4000.0), ("speed_kmh", 0.0, 130.0), ("coolant_temp_c",
            ("engine_load_pct", 5.0, 90.0), ("throttle_pct", 0.0, 80.0), ("maf_gs", 2.0, 60.0),
            ("fuel_level_pct", 5.0, 100.0), ("module_voltage_v", 12.0, 14.5), ("oil_temp_c", 60.0, 120.0),
            ("intake_temp_c", 0.0, 50.0)]  # fmt: skip
-TARGET_MSGS = {10: 10_000, 1: 20_000}  # design.md: messages/s with 10 and with 1 reading a message
+TARGET_MSGS = {10: 10_000, 1: 20_000}  # messages/s with 10 and with 1 reading a message (docs/benchmarks.md)
 MAX_OUTSTANDING = 4_000  # unacknowledged publishes per publisher
 
 

@@ -17,7 +17,7 @@ SEVERITIES = ("red", "yellow", "info")
 
 
 def _alert_audience(p: Principal) -> str:
-    # Clinical alerts never reach a vendor (design.md, "Audience").
+    # Clinical alerts never reach a vendor (docs/domain.md, "Who may see what").
     return "TRUE" if sees_clinical_data(p) else "a.class = 'technical'"
 
 

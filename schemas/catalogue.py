@@ -1,6 +1,6 @@
 """The metric catalogue: every metric a device kind may report, its unit and its possible range.
 
-Ranges are what the sensor can physically report (`domain.md`), not what is normal:
+Ranges are what the sensor can physically report (`docs/domain.md`), not what is normal:
 a reading outside them is an error in transit or in the device, and is quarantined.
 Clinical metrics are never shown to a device's vendor.
 """
