@@ -42,7 +42,7 @@ from schemas.catalogue import CATALOGUE
 router = APIRouter(include_in_schema=False)
 FLEET_LIMIT = 500
 ALERT_FILTERS = ("open", "acknowledged", "resolved", "all")
-ACTORS = ("provider_staff", "admin")  # who triages alerts (design.md, "Who uses it")
+ACTORS = ("provider_staff", "admin")  # who triages alerts (docs/domain.md, "Who may see what")
 EVENTS_SHOWN = 50
 ALERTS_SHOWN = 50
 UNITS = {"degC": "°C", "ohm": "Ω", "deg": "°"}
