@@ -7,10 +7,10 @@ which the scoped queries (`dashboards.queries`, `dashboards.web_queries`) alread
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -124,6 +124,22 @@ async def alerts_page(request: Request, conn: Conn, p: PageUser, state: str = "o
             "can_act": p.role in ACTORS,
         },
     )
+
+
+@router.get("/rules", response_class=HTMLResponse)
+async def rules_page(
+    request: Request, conn: Conn, p: PageUser, org_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None
+) -> Response:
+    """The provider's rules (defaults and its own) with the errors recorded on them; admins pick the org."""
+    if p.role not in ACTORS:
+        raise HTTPException(403, "rules are set by the provider's staff")
+    context = await user_context(conn, p, "rules", "Rules")
+    org = p.org_id if p.role == "provider_staff" else org_id
+    if org is None:
+        return render(request, "web/rules.html", context | {"orgs": await queries.provider_org_ids(conn)})
+    rows = await relay_bridge.call(request.app.state.sync_pool, store.list_rules, org)
+    failing = sum(1 for r in rows if r["error_count"])
+    return render(request, "web/rules.html", context | {"rules": rows, "failing": failing, "orgs": []})
 
 
 # ---- device page ---------------------------------------------------------------------------------

@@ -74,12 +74,12 @@ class _Batch:
 def pending_devices(conn: Conn, limit: int = 100) -> list[str]:
     """Devices with queued batches: those with events first (events page), then the longest-waiting.
 
-    A device put back after a failed evaluation waits for its `retry_at`, new batches included.
+    A device held back after a failed evaluation waits for its `retry_at`, new batches included.
     """
     rows = conn.execute(
-        "SELECT device_id FROM eval_queue GROUP BY device_id"
-        " HAVING coalesce(max(retry_at), '-infinity') <= now()"
-        " ORDER BY bool_or(has_events) DESC, min(eval_id) LIMIT %s",
+        "SELECT device_id FROM eval_queue q WHERE NOT EXISTS (SELECT 1 FROM eval_retry r"
+        " WHERE r.device_id = q.device_id AND r.retry_at > now())"
+        " GROUP BY device_id ORDER BY bool_or(has_events) DESC, min(eval_id) LIMIT %s",
         (limit,),
     ).fetchall()
     return [str(r["device_id"]) for r in rows]
@@ -149,7 +149,11 @@ def evaluate_device(
         batch = _evaluate_range(conn, device, (lo, hi, sorted({str(q["xid"]) for q in queue})), cfg)
         if faults is not None:
             faults += batch.faults
-    conn.execute("DELETE FROM eval_queue WHERE eval_id = ANY(%s)", (ids,))
+    conn.execute(
+        "WITH done AS (DELETE FROM eval_queue WHERE eval_id = ANY(%s))"
+        " DELETE FROM eval_retry WHERE device_id = %s",
+        (ids, device_id),
+    )
     return len(ids)
 
 

@@ -31,26 +31,29 @@ class RuleFault:
     key: str
     device_id: str
     error: str
+    # The error is about the rule's own definition (a RuleError naming its field), not the data.
+    invalid_rule: bool = False
 
     @classmethod
     def of(cls, rule_id: int | None, key: str, device_id: str, exc: BaseException) -> RuleFault:
         """The fault `exc` of one rule on one device, its text bounded."""
-        text = str(exc) if _names_field(exc) else f"{type(exc).__name__}: {exc}"
-        return cls(rule_id, key, device_id, text[:ERROR_MAX_CHARS])
+        # A RuleError already says which field and why; other errors need their type to make sense.
+        invalid = hasattr(exc, "field")
+        text = str(exc) if invalid else f"{type(exc).__name__}: {exc}"
+        return cls(rule_id, key, device_id, text[:ERROR_MAX_CHARS], invalid)
+
+    def shared_text(self) -> str:
+        """What every provider may read of it on a global default: nothing of a device or its data."""
+        if self.invalid_rule:
+            return self.error
+        return f"{self.error.split(':', 1)[0]} (details in the relay log)"
 
 
-def _names_field(exc: BaseException) -> bool:
-    # A RuleError already says which field and why; other errors need their type to make sense.
-    return hasattr(exc, "field")
-
-
-# A global default is shared by every provider: its error text may carry another tenant's data
-# (a device id, event values), so they get only the kind of error; the relay log has the rest.
+# A global default is shared by every provider: the device and the error's text (which may quote
+# the device's data) belong to one tenant, so the others get `shared_text`; the relay log has it all.
 _RECORD = """
 UPDATE rules SET error_count = error_count + %(n)s, last_error_at = now(),
-       last_error = CASE WHEN provider_org_id IS NULL
-                         THEN %(generic)s
-                         ELSE %(text)s END
+       last_error = CASE WHEN provider_org_id IS NULL THEN %(shared)s ELSE %(text)s END
 WHERE rule_id = %(rule_id)s
 """
 
@@ -75,8 +78,7 @@ def record_rule_faults(conn: Conn, faults: list[RuleFault]) -> None:
         with conn.transaction():
             for rule_id, (n, f) in sorted(per_rule.items()):  # one lock order for every worker
                 text = f"device {f.device_id}: {f.error}"
-                generic = f"{f.error.split(':', 1)[0]} (details in the relay log)"
-                conn.execute(_RECORD, {"n": n, "generic": generic, "text": text, "rule_id": rule_id})
+                conn.execute(_RECORD, {"n": n, "shared": f.shared_text(), "text": text, "rule_id": rule_id})
     finally:
         conn.isolation_level = level
 
@@ -92,12 +94,19 @@ def _log_once(f: RuleFault) -> None:
 
 
 def defer_device(conn: Conn, device_id: str, exc: BaseException) -> None:
-    """Put a device's queued batches back with a growing delay (capped), after its evaluation failed."""
+    """Hold a device back with a growing (capped) delay after its evaluation failed; its batches stay."""
     log.error("evaluation of device %s failed; retried later", device_id, exc_info=exc)
     with conn.transaction():
         conn.execute(
-            """UPDATE eval_queue SET attempts = attempts + 1, last_error = %s,
-                      retry_at = now() + make_interval(secs => least(%s, power(2, attempts)))
-               WHERE device_id = %s""",
-            (f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS], DEVICE_RETRY_MAX_S, device_id),
+            """INSERT INTO eval_retry AS r (device_id, retry_at, last_error)
+               VALUES (%(device)s, now() + interval '1 second', %(error)s)
+               ON CONFLICT (device_id) DO UPDATE SET attempts = r.attempts + 1,
+                   last_error = EXCLUDED.last_error,
+                   retry_at = now() + make_interval(secs => least(%(cap)s, power(2, r.attempts))),
+                   updated_at = now()""",
+            {
+                "device": device_id,
+                "error": f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS],
+                "cap": DEVICE_RETRY_MAX_S,
+            },
         )

@@ -375,8 +375,10 @@ def effective_rules(conn: Conn, device_id: str) -> list[Rule]:
     return usable_rules(conn, device_id)[0]
 
 
-def usable_rules(conn: Conn, device_id: str) -> tuple[list[Rule], list[RuleFault]]:
-    """The enabled rules that apply to one device, and a fault for each that fails validation.
+def usable_rules(
+    conn: Conn, device_id: str, kinds: tuple[str, ...] = KINDS
+) -> tuple[list[Rule], list[RuleFault]]:
+    """The enabled rules (of `kinds`) that apply to one device, and a fault for each that fails validation.
 
     Rows stored before validation existed (or written around it) are checked here again, so a bad
     one is skipped for this device instead of failing the evaluation of every other rule.
@@ -384,7 +386,7 @@ def usable_rules(conn: Conn, device_id: str) -> tuple[list[Rule], list[RuleFault
     rules: list[Rule] = []
     faults: list[RuleFault] = []
     for row in conn.execute(_EFFECTIVE, (device_id,)).fetchall():
-        if not row["enabled"]:
+        if not row["enabled"] or row["kind"] not in kinds:
             continue
         try:
             validate(row["device_kind"], row["kind"], row["params"], row["severity"], row["class"])

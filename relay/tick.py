@@ -19,7 +19,7 @@ from relay import alerts
 from relay.engine import EngineConfig, lock_device
 from relay.evaluate import Fire, silence
 from relay.faults import RuleFault, record_rule_faults
-from relay.rules import Rule, effective_rules
+from relay.rules import Rule, usable_rules
 
 Conn = psycopg.Connection[dict[str, Any]]
 log = logging.getLogger("pulsewire.relay")
@@ -68,7 +68,9 @@ def _silence_device(
         return []
     silent_for = (datetime.now(UTC) - cand["last_input_at"]).total_seconds()
     opened = []
-    for rule in (r for r in effective_rules(conn, device["device_id"]) if r.kind == "absence"):
+    rules, unusable = usable_rules(conn, device["device_id"], kinds=("absence",))
+    faults += unusable
+    for rule in rules:
         try:
             with conn.transaction():  # a savepoint: a failing rule's writes are undone, alone
                 alert_id = _silence_rule(

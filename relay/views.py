@@ -12,7 +12,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from schemas.catalogue import CLINICAL_EVENTS, is_clinical_metric
+from schemas.catalogue import CLINICAL_EVENTS, is_clinical_metric, vendor_event_data
 
 AUDIENCES = ("provider", "vendor")
 
@@ -25,7 +25,7 @@ JOIN devices d ON d.device_id = a.device_id
 LEFT JOIN owners o ON o.owner_id = d.owner_id
 """
 _SUFFIXES = ("_baseline", "_before")
-# Event data keys that describe the device, the only ones a vendor may see.
+# Keys of non-event values (engine-made) that may hold a string a vendor may see.
 _TECHNICAL_KEYS = frozenset({"event_type", "status", "code", "state", "reason", "count"})
 
 
@@ -66,9 +66,18 @@ def provider_view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def technical_values(values: dict[str, Any]) -> dict[str, Any]:
-    """Only the values that describe the device: no clinical metric, location or clinical event."""
-    if values.get("event_type") in CLINICAL_EVENTS:
+    """Only the values that describe the device: no clinical metric, location or clinical event.
+
+    An event's values are its data: a vendor gets the fields its type whitelists, as on the events API.
+    """
+    event_type = values.get("event_type")
+    if event_type in CLINICAL_EVENTS:
         return {}
+    if isinstance(event_type, str):
+        data = {k: v for k, v in values.items() if k not in ("event_type", "count")}
+        count = values.get("count")  # a count rule's tally, made by the engine
+        tally = {"count": count} if isinstance(count, int) and not isinstance(count, bool) else {}
+        return {"event_type": event_type, **tally, **vendor_event_data(event_type, data)}
     out: dict[str, Any] = {}
     for key, value in values.items():
         base = next((key[: -len(s)] for s in _SUFFIXES if key.endswith(s)), key)
