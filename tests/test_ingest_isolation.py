@@ -145,9 +145,11 @@ def test_writer_quarantines_what_postgres_refuses_and_stores_the_rest(world: Wor
     huge_seq = Event("veh-w2", "b1", 2**63, now, "dtc_set", {})
     items = [*good[:3], nul, *good[3:5], huge_seq, *good[5:]]
     payloads = [f"raw-{i}".encode() for i in range(len(items))]
-    outcome = BatchWriter(settings.require_database_url(), quarantine_payload_max_bytes=KEEP).write(
-        items, payloads
-    )
+    writer = BatchWriter(settings.require_database_url(), quarantine_payload_max_bytes=KEEP)
+    try:
+        outcome = writer.write(items, payloads)
+    finally:
+        writer.close()
     assert outcome.messages == len(items) and outcome.quarantined == {"db_rejected": 2}
     assert _count(conn, "SELECT count(*) FROM readings WHERE device_id = 'imp-w1'") == 6
     assert _count(conn, "SELECT count(*) FROM events WHERE device_id = 'veh-w2'") == 1
