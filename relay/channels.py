@@ -10,6 +10,7 @@ attempt (resolve, connect, send, read) by one deadline, however slowly the other
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -87,6 +88,7 @@ class Channels:
         timeout_s: float = 10.0,
         client_id: str = "pulsewire-relay",
         egress_policy: egress.EgressPolicy | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         # No keep-alive: every attempt connects to the address it has just checked, and a connection
@@ -95,6 +97,7 @@ class Channels:
             timeout=timeout_s,
             follow_redirects=False,
             trust_env=False,
+            verify=verify,
             limits=httpx.Limits(max_keepalive_connections=0),
         )
         self._egress = egress_policy or egress.EgressPolicy.from_env()
@@ -121,6 +124,7 @@ class Channels:
     def close(self) -> None:
         """Close every client."""
         self._loop.run_until_complete(self._http.aclose())
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         self._loop.close()
         with self._mqtt_lock:
             if self._mqtt is not None:
@@ -224,10 +228,11 @@ class Channels:
 async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
     # Stop reading at `limit`: an endless body costs a bounded read, then the connection closes.
     prefix = bytearray()
-    async for chunk in response.aiter_raw():
-        prefix += chunk[: limit - len(prefix)]
-        if len(prefix) >= limit:
-            break
+    async with contextlib.aclosing(response.aiter_raw()) as chunks:
+        async for chunk in chunks:
+            prefix += chunk[: limit - len(prefix)]
+            if len(prefix) >= limit:
+                break
     return bytes(prefix)
 
 

@@ -68,6 +68,7 @@ def check_url(url: str, policy: EgressPolicy) -> httpx.URL:
         raise EgressRefused(f"is longer than {policy.url_max_chars} characters")
     try:
         parsed = httpx.URL(url)
+        host = parsed.host  # decodes IDNA: `xn--zz` fails here
     except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
         raise EgressRefused(f"is not a valid URL ({exc})") from exc
     schemes = ("https", "http") if policy.allow_private else ("https",)
@@ -77,10 +78,10 @@ def check_url(url: str, policy: EgressPolicy) -> httpx.URL:
         raise EgressRefused("must not carry a user name or password")
     if parsed.fragment:
         raise EgressRefused("must not have a #fragment")
-    if not parsed.host:
+    if not host:
         raise EgressRefused("has no host")
-    if _literal(parsed.host) is None and not _valid_name(parsed.raw_host):
-        raise EgressRefused(f"has an invalid host name {parsed.host!r}")
+    if _literal(host) is None and not _valid_name(parsed.raw_host):
+        raise EgressRefused(f"has an invalid host name {host!r}")
     return parsed
 
 
