@@ -1,6 +1,7 @@
 """Each device's message budget: at most `burst` messages in any `burst / rate` seconds.
 
-A moving window of PyPI `limits` (in memory: the budget is per ingest worker). It is consulted once
+A sliding window counter of PyPI `limits` (two counters a device, where a moving window would keep
+an entry per message), in memory, so the budget is per ingest worker. It is consulted once
 per device per batch, not per message: one `hit` with the device's count in the batch, and only when
 that does not fit, a second call to learn how many still do. The excess is quarantined as
 `rate_limited` by the caller; nothing is dropped.
@@ -13,7 +14,7 @@ from collections.abc import Iterable
 
 from limits import RateLimitItemPerSecond
 from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+from limits.strategies import SlidingWindowCounterRateLimiter
 
 
 class DeviceBudget:
@@ -23,7 +24,7 @@ class DeviceBudget:
         # `limits` windows are whole seconds: burst / rate, rounded, gives the sustained rate.
         self.window_s = max(1, round(burst_msgs / rate_msgs_per_s))
         self._item = RateLimitItemPerSecond(burst_msgs, self.window_s)
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
 
     @property
     def description(self) -> str:

@@ -32,10 +32,11 @@ class Settings(BaseSettings):
     queue_max_messages: int = Field(default=50_000, ge=100)
     max_future_skew_s: int = Field(default=300, ge=0)
     # ingest: each device's message budget (at most `device_burst_msgs` in any burst/rate seconds,
-    # per ingest worker; the excess is quarantined as rate_limited) and what quarantine keeps:
-    # a payload prefix (with the full size and SHA-256), for `quarantine_retention_days`
+    # per ingest worker; the excess is quarantined as rate_limited; the burst holds a vehicle's
+    # day-long store-and-forward backlog, 2,880 batches) and what quarantine keeps: a payload
+    # prefix (with the full size and SHA-256), for `quarantine_retention_days`
     device_rate_msgs_per_s: float = Field(default=50.0, gt=0, le=1_000_000)
-    device_burst_msgs: int = Field(default=500, ge=1, le=10_000_000)
+    device_burst_msgs: int = Field(default=5_000, ge=1, le=10_000_000)
     quarantine_payload_max_bytes: int = Field(default=4_096, ge=0, le=1_048_576)
     quarantine_retention_days: int = Field(default=30, ge=1, le=3_650)
     # retention (days) of raw readings and events

@@ -265,8 +265,9 @@ def test_a_flood_beyond_the_budget_is_quarantined_as_rate_limited_not_dropped(
     wait_for(lambda: _count(conn, "SELECT count(*) FROM readings WHERE device_id = 'veh-calm'") == 10, 15,
              "every calm reading")  # fmt: skip
     stored = _count(conn, "SELECT count(*) FROM readings WHERE device_id = 'veh-flood'")
-    # At most a burst within the window (20 s); the broker's 200 messages take far less.
-    assert 1 <= stored <= BURST
+    # At most a burst within the window (20 s; the 200 messages take far less), give or take the one
+    # or two the sliding window counter admits when a window boundary falls amid the flood.
+    assert 1 <= stored <= BURST + 2
     limited = _quarantined(conn, "veh-flood")
     assert len(limited) == 200 - stored and {r["reason"] for r in limited} == {"rate_limited"}
     by_seq = {json.loads(bytes(r["payload"]))["seq"]: r for r in limited}
