@@ -17,10 +17,12 @@ from psycopg_pool import AsyncConnectionPool
 from dashboards.auth import SessionConfig
 from dashboards.commands import CommandService
 from dashboards.errors import ERROR_RESPONSES, install_handlers
+from dashboards.guards import ConcurrencyCap, LoginGuard
 from dashboards.queries import AConn
 from pulsewire import db
 from pulsewire.errors import DatabaseError
 from pulsewire.settings import Settings
+from relay.sse import AlertHub
 
 log = logging.getLogger("pulsewire.dashboards")
 
@@ -35,8 +37,12 @@ def create_app(settings: Settings, *, command_timeout_s: float = 120.0) -> FastA
             app.state.session_config = SessionConfig.create(
                 _shared_session_secret(url), settings.secure_cookies
             )
-        pool = db.async_pool(url, min_size=2, max_size=10, name="dashboards")
-        sync_pool = db.pool(url, min_size=1, max_size=4, name="dashboards-sync")
+        # A runaway query is cancelled instead of holding a pooled connection and a core.
+        timeout_ms = settings.api_statement_timeout_ms
+        pool = db.async_pool(url, min_size=2, max_size=10, name="dashboards", statement_timeout_ms=timeout_ms)
+        sync_pool = db.pool(
+            url, min_size=1, max_size=4, name="dashboards-sync", statement_timeout_ms=timeout_ms
+        )
         await pool.open(wait=False)
         sync_pool.open(wait=False)
         app.state.pool, app.state.sync_pool = pool, sync_pool
@@ -44,8 +50,14 @@ def create_app(settings: Settings, *, command_timeout_s: float = 120.0) -> FastA
             settings, cast("AsyncConnectionPool[AConn]", pool), timeout_s=command_timeout_s
         )
         app.state.commands = commands
+        hub = AlertHub(
+            url,
+            streams_max=settings.sse_streams_max,
+            streams_per_user_max=settings.sse_streams_per_user_max,
+        )
+        app.state.alert_hub = hub
         try:
-            async with commands.running():
+            async with commands.running(), hub.running():
                 yield
         finally:
             await pool.close()
@@ -58,6 +70,8 @@ def create_app(settings: Settings, *, command_timeout_s: float = 120.0) -> FastA
         description="Telemetry and alerts of connected devices, scoped to the caller's org and role.",
     )
     app.state.settings = settings
+    app.state.login_guard = LoginGuard(settings)
+    app.state.readings_cap = ConcurrencyCap(settings.readings_queries_per_user_max)
     app.state.session_config = SessionConfig.create(settings.session_secret, settings.secure_cookies)
     install_handlers(app)
     _install_metrics(app)

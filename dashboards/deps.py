@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Annotated
 
 import psycopg
@@ -21,6 +23,7 @@ from dashboards.auth import (
     token_refusal,
 )
 from dashboards.errors import ApiError
+from dashboards.guards import CapReached, ConcurrencyCap
 from dashboards.queries import AConn, PageRequest
 from pulsewire.errors import DatabaseError
 
@@ -49,6 +52,10 @@ async def get_conn(request: Request) -> AsyncIterator[AConn]:
         raise DatabaseError(f"database unavailable: {exc}") from exc
 
 
+# The same, for code that takes a connection only for part of its work (sign-in, live streams).
+connection = asynccontextmanager(get_conn)
+
+
 # "function" scope: the transaction commits before the response leaves, so a client that acts on
 # a response always finds its effects, and a streaming response holds no connection.
 Conn = Annotated[AConn, Depends(get_conn, scope="function")]
@@ -60,24 +67,50 @@ async def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """The caller, from a bearer token or a web session cookie; 401 otherwise."""
-    principal = None
-    if credentials is not None:
-        principal = await principal_from_token(conn, credentials.credentials)
-    elif cookie := request.cookies.get(SESSION_COOKIE):
-        config = get_session_config(request)
+    credential = Credential(token=credentials.credentials if credentials is not None else None)
+    if credential.token is None and (cookie := request.cookies.get(SESSION_COOKIE)):
+        credential = Credential(cookie=cookie)
         # A browser sends the cookie by itself: a write made with it must also prove it comes from
         # one of our pages (the session's CSRF token in a header), not from another site's form.
         if request.method not in SAFE_METHODS and not csrf_valid(
-            config, cookie, request.headers.get(CSRF_HEADER)
+            get_session_config(request), cookie, request.headers.get(CSRF_HEADER)
         ):
             raise ApiError(403, f"a write with a session cookie needs the {CSRF_HEADER} header")
-        principal = await principal_from_session(conn, config, cookie)
+    principal = await principal_for(conn, get_session_config(request), credential)
     if principal is None:
-        token = credentials.credentials if credentials is not None else None
-        message = await token_refusal(conn, token) if token else REFUSED
+        message = await token_refusal(conn, credential.token) if credential.token else REFUSED
         raise ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
-    request.state.principal = principal
+    request.state.principal, request.state.credential = principal, credential
     return principal
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What a request authenticated with: an API token or a session cookie (or neither)."""
+
+    token: str | None = None
+    cookie: str | None = None
+
+
+async def principal_for(conn: AConn, config: SessionConfig, credential: Credential) -> Principal | None:
+    """The user a credential stands for now; None when it is unknown, revoked, expired or ended."""
+    if credential.token is not None:
+        return await principal_from_token(conn, credential.token)
+    if credential.cookie:
+        return await principal_from_session(conn, config, credential.cookie)
+    return None
+
+
+async def still_valid(request: Request, credential: Credential, principal: Principal) -> bool:
+    """Whether the credential still stands for the same principal (a long stream asks every few s).
+
+    A credential that cannot be checked (database unavailable) counts as invalid: fail closed.
+    """
+    try:
+        async with connection(request) as conn:
+            return await principal_for(conn, get_session_config(request), credential) == principal
+    except DatabaseError:
+        return False
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
@@ -92,3 +125,23 @@ def get_page(
 
 
 Paging = Annotated[PageRequest, Depends(get_page)]
+
+
+def readings_slot(request: Request, principal: Principal) -> AbstractContextManager[None]:
+    """One of the caller's concurrent readings queries; 429 when they all run already."""
+    cap: ConcurrencyCap = request.app.state.readings_cap
+    return _capped(cap, principal.user_id, "readings queries")
+
+
+@contextmanager
+def _capped(cap: ConcurrencyCap, key: int, what: str) -> Iterator[None]:
+    try:
+        with cap.slot(key):
+            yield
+    except CapReached as exc:
+        raise ApiError(
+            429,
+            f"at most {cap.limit} {what} at a time per user: wait for one to finish",
+            code="too_many_requests",
+            headers={"Retry-After": "1"},
+        ) from exc

@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     # web
     session_secret: str | None = None
     secure_cookies: bool = False
+    # dashboard limits (per dashboard process): live alert streams, readings queries, sign-in
+    sse_streams_max: int = Field(default=500, ge=1, le=100_000)
+    sse_streams_per_user_max: int = Field(default=5, ge=1, le=1_000)
+    sse_recheck_interval_s: float = Field(default=2.0, ge=0.05, le=60)
+    readings_buckets_max: int = Field(default=1_000, ge=1, le=1_000_000)
+    readings_queries_per_user_max: int = Field(default=4, ge=1, le=1_000)
+    api_statement_timeout_ms: int = Field(default=5_000, ge=100, le=3_600_000)
+    login_failures_per_account_max: int = Field(default=10, ge=1, le=100_000)
+    login_failures_per_address_max: int = Field(default=50, ge=1, le=100_000)
+    login_window_s: int = Field(default=300, ge=1, le=86_400)
+    login_argon2_concurrency_max: int = Field(default=4, ge=1, le=256)
     # commands and accounts: commands per device in a moving window, counted across every
     # dashboard process, so a stolen clinic login cannot drain an implant's battery
     command_limit_per_device: int = Field(default=6, ge=1, le=10_000)

@@ -4,29 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter
+from starlette.background import BackgroundTask
 
 from dashboards import relay_bridge
 from dashboards.api import API_PREFIX
 from dashboards.api.common import BigId
 from dashboards.auth import Principal
-from dashboards.deps import Conn, CurrentPrincipal
-from dashboards.errors import forbidden, not_found
+from dashboards.deps import Conn, Credential, CurrentPrincipal, still_valid
+from dashboards.errors import ApiError, ErrorBody, forbidden, not_found
 from dashboards.models_relay import AlertPage, AlertState, AlertView, Severity
 from dashboards.queries import AConn, alert_provider_org, provider_org_ids
-from pulsewire.errors import PulsewireError
 from relay import sse, store
 
-log = logging.getLogger("pulsewire.dashboards")
 router = APIRouter(prefix=API_PREFIX, tags=["alerts"])
 HEARTBEAT_S = 15.0
-STREAM_QUEUE = 100
+_IDLE: dict[str, Any] = {"event": "idle"}  # nothing came within the wait: time to check or beat
 _views: TypeAdapter[AlertView] = TypeAdapter(AlertView)
 
 
@@ -84,59 +82,80 @@ async def list_alerts(
 @router.get(
     "/alerts/stream",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        429: {"model": ErrorBody, "description": "too many live streams (per user or on this server)"},
+    },
 )
 async def stream_alerts(*, request: Request, principal: CurrentPrincipal) -> StreamingResponse:
-    """Server-sent events: `event: opened|acknowledged|escalated|resolved|...`, `data:` the alert view."""
+    """Server-sent events: `event: opened|acknowledged|escalated|resolved|...`, `data:` the alert view.
+
+    The stream ends within seconds of its credential ending (logout, revoked token, disabled user).
+    """
     if principal.role == "admin":
         raise forbidden("the live stream is per org; admins use GET /api/v1/alerts")
     audience = relay_bridge.audience_of(principal)
     assert principal.org_id is not None
-    url = request.app.state.settings.require_database_url()
-    source = sse.subscribe(url, principal.org_id, audience)
+    hub: sse.AlertHub = request.app.state.alert_hub
+    try:
+        subscription = hub.subscribe(principal.user_id, principal.org_id, audience)
+    except sse.StreamLimitReached as exc:
+        raise ApiError(429, str(exc), code="too_many_streams", headers={"Retry-After": "30"}) from exc
+    credential: Credential = request.state.credential
+    watch = _CredentialWatch(request, credential, principal)
     return StreamingResponse(
-        _sse_body(source),
+        _sse_body(subscription, watch),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        # Also when the body never starts (the client left at once), the slot is given back.
+        background=BackgroundTask(subscription.close),
     )
 
 
-async def _sse_body(source: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
-    # A pump task fills a bounded queue so a heartbeat can be sent while no alert comes; a client
-    # too slow to keep up is dropped (it reconnects) instead of growing memory.
-    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=STREAM_QUEUE)
+class _CredentialWatch:
+    """Asks the normal authentication path, every few seconds, whether the stream's caller still is."""
 
-    async def pump() -> None:
-        try:
-            async for item in source:
-                if queue.full():
-                    break
-                queue.put_nowait(item)
-        except PulsewireError as exc:
-            log.warning("alert stream ended: %s", exc)
-        finally:
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(None)  # end of stream: the client reconnects (`retry`)
+    def __init__(self, request: Request, credential: Credential, principal: Principal) -> None:
+        self._request, self._credential, self._principal = request, credential, principal
+        self.interval_s: float = request.app.state.settings.sse_recheck_interval_s
 
-    task = asyncio.create_task(pump())
+    async def valid(self) -> bool:
+        return await still_valid(self._request, self._credential, self._principal)
+
+
+async def _sse_body(subscription: sse.Subscription, watch: _CredentialWatch) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    next_check = loop.time() + watch.interval_s
+    next_heartbeat = loop.time() + HEARTBEAT_S
     try:
         yield "retry: 3000\n\n"
         while True:
+            wait_s = max(0.0, min(next_check, next_heartbeat) - loop.time())
             try:
-                item = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+                item = await asyncio.wait_for(subscription.get(), wait_s)
             except TimeoutError:
-                yield ": heartbeat\n\n"
-                continue
-            if item is None:
+                item = _IDLE
+            if item is None:  # the hub ended it: too slow, or its feed was lost; the client reconnects
                 return
-            if item["event"] == "ready":  # LISTEN is in place: nothing committed from now on is missed
-                yield ": connected\n\n"
+            if loop.time() >= next_check:
+                if not await watch.valid():
+                    return
+                next_check = loop.time() + watch.interval_s
+            if item is _IDLE:
+                if loop.time() >= next_heartbeat:
+                    next_heartbeat = loop.time() + HEARTBEAT_S
+                    yield ": heartbeat\n\n"
                 continue
-            data = json.dumps(item["alert"], separators=(",", ":"), default=str)
-            yield f"event: {item['event']}\ndata: {data}\n\n"
+            yield _frame(item)
     finally:
-        task.cancel()
+        subscription.close()
+
+
+def _frame(item: dict[str, Any]) -> str:
+    if item["event"] == "ready":  # LISTEN is in place: nothing committed from now on is missed
+        return ": connected\n\n"
+    data = json.dumps(item["alert"], separators=(",", ":"), default=str)
+    return f"event: {item['event']}\ndata: {data}\n\n"
 
 
 @router.get("/alerts/{alert_id}")
