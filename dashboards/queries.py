@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from dashboards.errors import forbidden, invalid, not_found
+from dashboards.errors import ApiError, forbidden, invalid, not_found
 from schemas.catalogue import CATALOGUE, CLINICAL_EVENTS, DeviceKind, Metric, vendor_event_data
 
 if TYPE_CHECKING:
@@ -33,6 +33,8 @@ Row = dict[str, Any]
 
 MAX_BUCKETS = 1_000
 MAX_RAW_POINTS = 10_000
+# How far past now a readings range may end (clocks drift; charts round up to the hour).
+READINGS_AHEAD = timedelta(days=1)
 AGGREGATES = {
     "avg": "avg(value)",
     "min": "min(value)",
@@ -148,23 +150,54 @@ class ReadingsQuery:
     bucket: timedelta | None
     agg: str
 
-    def check(self) -> None:
-        """422 on a reversed range or more than MAX_BUCKETS buckets."""
+    def check(self, *, now: datetime, retention: timedelta, max_buckets: int = MAX_BUCKETS) -> None:
+        """422, naming the field, on a reversed range, one beyond retention or too many buckets."""
         if self.end <= self.start:
-            raise invalid("end must be after start", code="invalid_range")
+            raise invalid("end must be after start", code="invalid_range", details={"field": "end"})
+        # Nothing older than retention is kept, so a longer range only costs work (or partitions).
+        earliest, latest = now - retention, now + READINGS_AHEAD
+        if self.start < earliest:
+            raise invalid(
+                f"start: readings are kept {retention.days} days, so start must be at or after "
+                f"{earliest.isoformat(timespec='seconds')}",
+                code="invalid_range",
+                details={"field": "start", "earliest": earliest},
+            )
+        if self.end > latest:
+            raise invalid(
+                f"end: at most a day ahead, at or before {latest.isoformat(timespec='seconds')}",
+                code="invalid_range",
+                details={"field": "end", "latest": latest},
+            )
         if self.bucket is not None:
             buckets = (self.end - self.start) / self.bucket
-            if buckets > MAX_BUCKETS:
+            if buckets > max_buckets:
                 raise invalid(
-                    f"{int(buckets)} buckets asked, at most {MAX_BUCKETS}: widen the bucket or "
+                    f"bucket: {int(buckets)} buckets asked, at most {max_buckets}: widen the bucket or "
                     "narrow the range",
                     code="too_many_buckets",
-                    details={"buckets": int(buckets), "max_buckets": MAX_BUCKETS},
+                    details={"field": "bucket", "buckets": int(buckets), "max_buckets": max_buckets},
                 )
 
 
 async def readings(conn: AConn, q: ReadingsQuery) -> tuple[list[Row], bool]:
-    """Rows of (metric, ts, value, n), bucketed when asked; and whether raw points were capped."""
+    """Rows of (metric, ts, value, n), bucketed when asked; and whether raw points were capped.
+
+    A query that runs past the connection's statement timeout is a 503 that says so.
+    """
+    try:
+        return await _readings(conn, q)
+    except psycopg.errors.QueryCanceled as exc:
+        raise ApiError(
+            503,
+            "the readings query took longer than this server allows and was cancelled: "
+            "narrow the range or widen the bucket",
+            code="query_timeout",
+            headers={"Retry-After": "5"},
+        ) from exc
+
+
+async def _readings(conn: AConn, q: ReadingsQuery) -> tuple[list[Row], bool]:
     params: dict[str, Any] = {
         "device_id": q.device_id,
         "metrics": q.metrics,

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Request, status
 from dashboards import registration
 from dashboards.api import API_PREFIX
 from dashboards.api.common import device_view, page_of
-from dashboards.deps import Conn, CurrentPrincipal, Paging
-from dashboards.errors import invalid
+from dashboards.deps import Conn, CurrentPrincipal, Paging, readings_slot
+from dashboards.errors import ErrorBody, invalid
 from dashboards.models import (
     DeviceCreate,
     DeviceCreated,
@@ -24,6 +24,7 @@ from dashboards.models import (
 )
 from dashboards.queries import ReadingsQuery, events, list_devices, parse_bucket, readable_metrics, readings
 from dashboards.queries import visible_device as device_of
+from pulsewire.settings import Settings
 
 router = APIRouter(prefix=API_PREFIX, tags=["devices"])
 
@@ -60,17 +61,41 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
-def _range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+def _query(
+    settings: Settings,
+    device_id: str,
+    metrics: list[str],
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    bucket: str | None,
+    agg: str,
+) -> ReadingsQuery:
+    """The validated query: default range the last 24 h, capped to retention and bucket count."""
     try:
         end = _utc(end) or datetime.now(UTC)
-        return _utc(start) or end - timedelta(hours=24), end
-    except OverflowError as exc:
+        start = _utc(start) or end - timedelta(hours=24)
+        query = ReadingsQuery(device_id, metrics, start, end, parse_bucket(bucket) if bucket else None, agg)
+        query.check(
+            now=datetime.now(UTC),
+            retention=timedelta(days=settings.retention_days),
+            max_buckets=settings.readings_buckets_max,
+        )
+    except OverflowError as exc:  # a default or a bound computed next to year 1 or 9999
         raise invalid("start/end out of range", code="invalid_range") from exc
+    return query
 
 
-@router.get("/devices/{device_id}/readings")
+@router.get(
+    "/devices/{device_id}/readings",
+    responses={
+        429: {"model": ErrorBody, "description": "too many readings queries of this user at once"},
+        503: {"model": ErrorBody, "description": "the query ran too long and was cancelled"},
+    },
+)
 async def get_readings(
     *,
+    request: Request,
     principal: CurrentPrincipal,
     conn: Conn,
     device_id: str,
@@ -80,16 +105,16 @@ async def get_readings(
     bucket: Annotated[str | None, Query(description="bucket width: 30s, 5m, 1h, 1d", max_length=16)] = None,
     agg: Literal["avg", "min", "max", "last"] = "avg",
 ) -> ReadingsPublic:
-    """Readings of one device in [start, end) (default: the last 24 h): raw, or bucketed (≤ 1,000 buckets)."""
+    """Readings of one device in [start, end) (default: the last 24 h), within retention: raw, or bucketed."""
     device = await device_of(conn, principal, device_id)
     names = [n.strip() for item in metric for n in item.split(",") if n.strip()]
     chosen = readable_metrics(principal, device["kind"], names)
-    start_at, end_at = _range(start, end)
-    query = ReadingsQuery(
-        device_id, [m.name for m in chosen], start_at, end_at, parse_bucket(bucket) if bucket else None, agg
+    settings = request.app.state.settings
+    query = _query(
+        settings, device_id, [m.name for m in chosen], start=start, end=end, bucket=bucket, agg=agg
     )
-    query.check()
-    rows, truncated = await readings(conn, query)
+    with readings_slot(request, principal):
+        rows, truncated = await readings(conn, query)
     points: dict[str, list[ReadingPoint]] = {m.name: [] for m in chosen}
     for row in rows:
         points[row["metric"]].append(ReadingPoint(ts=row["ts"], value=row["value"], n=row["n"]))
@@ -98,8 +123,8 @@ async def get_readings(
     ]
     return ReadingsPublic(
         device_id=device_id,
-        start=start_at,
-        end=end_at,
+        start=query.start,
+        end=query.end,
         bucket=bucket,
         agg=agg if bucket else None,
         truncated=truncated,
