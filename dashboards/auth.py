@@ -8,6 +8,7 @@ The CSRF token of a form is derived from the session id (HMAC), so it needs no s
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from argon2 import PasswordHasher
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -113,8 +115,21 @@ async def principal_from_login(conn: AConn, email: str, password: str) -> Princi
     row = await cur.fetchone()
     stored = str(row["password_hash"]) if row and row["password_hash"] else None
     # argon2 takes tens of milliseconds: keep it off the event loop.
-    ok = await run_in_threadpool(verify_user_password, stored, password)
+    ok = await run_in_threadpool(_check_password, stored, password)
     return Principal.from_row(row) if ok and row else None
+
+
+def _check_password(stored: str | None, password: str) -> bool:
+    # An unknown e-mail (or a user without a password) is checked against a dummy hash: the same
+    # argon2 work as a wrong password, so the answer's timing does not tell which accounts exist.
+    ok = verify_user_password(stored or _dummy_hash(), password)
+    return ok and stored is not None
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    # The library's default parameters, the same as every stored password's.
+    return PasswordHasher().hash(secrets.token_urlsafe(24))
 
 
 async def create_session(conn: AConn, config: SessionConfig, user_id: int) -> str:

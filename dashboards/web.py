@@ -25,7 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dashboards import auth, web_queries
 from dashboards.auth import SESSION_COOKIE, Principal
-from dashboards.deps import get_conn, get_session_config
+from dashboards.deps import connection, get_conn, get_session_config
+from dashboards.guards import LoginGuard
 from dashboards.queries import AConn, PageRequest, sees_owner_data
 
 HERE = Path(__file__).resolve().parent
@@ -185,25 +186,53 @@ async def login_form(request: Request, next: str = "/", notice: str = "") -> HTM
 async def login(
     *,
     request: Request,
-    conn: Conn,
     email: Annotated[str, Form(max_length=320)] = "",
     password: Annotated[str, Form(max_length=1000)] = "",
     csrf_token: CsrfField = "",
     next: Annotated[str, Form(max_length=2000)] = "/",
 ) -> Response:
-    """Check the password, start a session, go where the user was heading."""
+    """Check the password, start a session, go where the user was heading.
+
+    Failed attempts are throttled per account and per client address (429 with Retry-After).
+    """
     if not _login_csrf_valid(request, csrf_token):
         return _login_page(
             request, next=next, email=email, status=403, error="The sign-in form expired. Please try again."
         )
-    principal = await auth.principal_from_login(conn, email, password) if email and password else None
-    if principal is None:
-        return _login_page(request, next=next, email=email, status=401, error="Wrong e-mail or password.")
-    config = get_session_config(request)
-    cookie = await auth.create_session(conn, config, principal.user_id)
+    guard: LoginGuard = request.app.state.login_guard
+    address = request.client.host if request.client else "unknown"
+    if (wait_s := guard.retry_after_s(email, address)) is not None:
+        return _throttled(request, next, email, wait_s)
+    # No pooled connection is held while waiting for an argon2 slot: a burst of sign-ins must not
+    # starve the rest of the API.
+    async with guard.argon2_slots:
+        if (wait_s := guard.retry_after_s(email, address)) is not None:  # a burst queued behind us
+            return _throttled(request, next, email, wait_s)
+        async with connection(request) as conn:
+            principal = await auth.principal_from_login(conn, email, password) if email and password else None
+            if principal is None:
+                guard.failed(email, address)
+                return _login_page(
+                    request, next=next, email=email, status=401, error="Wrong e-mail or password."
+                )
+            config = get_session_config(request)
+            cookie = await auth.create_session(conn, config, principal.user_id)
     response = RedirectResponse(_safe_next(next), status_code=303)
     auth.set_session_cookie(response, config, cookie)
     response.delete_cookie(LOGIN_COOKIE, path="/login")
+    return response
+
+
+def _throttled(request: Request, next: str, email: str, wait_s: int) -> Response:
+    minutes = max(1, round(wait_s / 60))
+    response = _login_page(
+        request,
+        next=next,
+        email=email,
+        status=429,
+        error=f"Too many failed sign-ins. Try again in about {minutes} min.",
+    )
+    response.headers["Retry-After"] = str(wait_s)
     return response
 
 
