@@ -119,10 +119,10 @@ def malformed(
     params: dict[str, Any],
     wall_now: datetime,
 ) -> list[Message]:
-    """One message for every quarantine reason, spread over the timeline."""
+    """One message for every quarantine reason a single message can earn, spread over the timeline."""
     data = _data_messages(messages)
-    spots = sorted(rng.choice(data, size=len(R), replace=len(data) < len(R)))
     bad = _bad_messages(device, wall_now, str(params.get("ghost_id", device.device_id + "-ghost")))
+    spots = sorted(rng.choice(data, size=len(bad), replace=len(data) < len(bad)))
     out = list(messages)
     for offset, (i, msg) in enumerate(zip(spots, bad, strict=True)):
         out.insert(int(i) + 1 + offset, msg.retimed(messages[int(i)].send_at))
@@ -175,6 +175,8 @@ def _bad_messages(device: SimDevice, now: datetime, ghost_id: str) -> list[Messa
         (R.OUT_OF_RANGE, own, encode(tel(one("coolant_temp_c", 480.0))), False),
         (R.NON_FINITE, own, encode(tel(one("coolant_temp_c", float("nan")))), False),
         (R.FUTURE_TIMESTAMP, own, encode(tel(one("rpm", 800.0, iso(now + timedelta(hours=2))))), False),
+        (R.TOO_OLD, own, encode(tel(one("rpm", 800.0, iso(now - timedelta(days=20 * 365))))), False),
+        (R.NUL_IN_STRING, own, encode(tel(one("rpm", 800.0), boot_id="b\x00")), False),
         (R.UNKNOWN_EVENT_TYPE, topic(device.device_id, "event"), encode(event), False),
         # Not a device topic (no valid device id in it), though under the prefix ingest reads.
         (R.UNKNOWN_TOPIC, topic("~" + device.device_id, "telemetry"), encode(tel(one("rpm", 800.0))), True),
