@@ -7,7 +7,6 @@ Browser; `new_page(viewport=...)` (function) -> a factory of pages in fresh cont
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from pulsewire import registry
 from pulsewire.db import connect, transaction
 from pulsewire.settings import Settings
 from tests.fix_db import World
+from tests.helpers import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -52,12 +52,6 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve(settings: Settings) -> LiveServer:

@@ -8,7 +8,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from pulsewire.settings import MqttTarget
+from tests.helpers import wait_for  # noqa: F401 (re-exported: the ingest tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 Message = tuple[str, bytes]
@@ -89,13 +90,6 @@ def _acked(info: mqtt.MQTTMessageInfo) -> bool:
         return info.is_published()
     except RuntimeError:  # paho says "not connected": not acknowledged, publish it again
         return False
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
-        time.sleep(0.1)
 
 
 def start_ingest_process(database_url: str, mqtt_url: str, state_dir: Path, *, client_id: str,

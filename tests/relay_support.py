@@ -6,7 +6,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from pulsewire.db import connect
 from relay.engine import EngineConfig, evaluate_pending
 from schemas.catalogue import CLINICAL_EVENTS, is_clinical_metric
+from tests.helpers import wait_for  # noqa: F401 (re-exported: the relay tests import it from here)
 
 Conn = psycopg.Connection[dict[str, Any]]
 _seq = itertools.count(1)
@@ -86,16 +87,6 @@ def assert_vendor_safe(body: Any) -> None:
 
 def alerts_of(conn: Conn, device_id: str) -> list[dict[str, Any]]:
     return list(conn.execute("SELECT * FROM alerts WHERE device_id = %s ORDER BY alert_id", (device_id,)))
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass

@@ -30,6 +30,7 @@ from devices.simulator.live_sources import LiveImplant, LiveVehicle, incident_pl
 from ingest.service import IngestService
 from pulsewire.settings import Settings
 from schemas.catalogue import EVENT_TYPES, metric_for
+from tests.helpers import wait_for
 
 FLEET = [
     ("sim-icd-1", "implant"),
@@ -113,13 +114,6 @@ def ingest_worker(settings: Settings) -> Iterator[IngestService]:
     assert service.wait_subscribed(10)
     yield service
     service.stop()
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
-        time.sleep(0.3)
 
 
 def retained_status(settings: Settings, device_id: str) -> dict[str, Any]:

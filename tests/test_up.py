@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -16,30 +14,13 @@ import pytest
 from pulsewire.db import connect
 from pulsewire.stack import Stack
 from tests.fix_stack import new_state_dir
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for(predicate: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():  # type: ignore[operator]
-                return
-        except Exception:  # the service is still starting
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+from tests.helpers import free_port, wait_for
 
 
 @pytest.mark.slow
 def test_up_runs_everything_and_ctrl_c_stops_it() -> None:
     state_dir = new_state_dir()
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSEWIRE_")}
     env.update(PULSEWIRE_STATE_DIR=str(state_dir), PULSEWIRE_API_PORT=str(port))
     log = (state_dir / "up.log").open("wb")
@@ -50,10 +31,12 @@ def test_up_runs_everything_and_ctrl_c_stops_it() -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        _wait_for(
+        wait_for(
             lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200,
             90,
             "the dashboard",
+            interval_s=0.5,
+            ignoring=(httpx.TransportError,),  # refused or reset while it starts
         )
         info = Stack(state_dir).status()
         assert info is not None and info.running
@@ -63,7 +46,7 @@ def test_up_runs_everything_and_ctrl_c_stops_it() -> None:
                 row = conn.execute("SELECT count(*) AS n FROM readings").fetchone()
             return row is not None and int(str(row["n"])) > 0
 
-        _wait_for(readings_stored, 90, "simulated readings to be stored")
+        wait_for(readings_stored, 90, "simulated readings to be stored", interval_s=0.5)
         banner = (state_dir / "up.log").read_text()
         assert f"http://127.0.0.1:{port}/" in banner and "clinician@demo.pulsewire" in banner
 
