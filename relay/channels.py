@@ -18,9 +18,10 @@ import smtplib
 import ssl
 import threading
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -228,7 +229,8 @@ class Channels:
 async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
     # Stop reading at `limit`: an endless body costs a bounded read, then the connection closes.
     prefix = bytearray()
-    async with contextlib.aclosing(response.aiter_raw()) as chunks:
+    raw = cast(AsyncGenerator[bytes, None], response.aiter_raw())
+    async with contextlib.aclosing(raw) as chunks:
         async for chunk in chunks:
             prefix += chunk[: limit - len(prefix)]
             if len(prefix) >= limit:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -27,6 +28,7 @@ from relay.deliver import RetryPolicy
 from relay.egress import EgressPolicy
 from relay.rules import seed_defaults
 from relay.service import RelayConfig, RelayWorker
+from tests.fix_api import ApiServer, Users, assert_error, client
 from tests.fix_db import World
 from tests.relay_support import commit_batch, evaluate, wait_for, webhook_receiver
 
@@ -187,6 +189,10 @@ def _rows(conn: Conn, webhook_id: int) -> list[dict[str, Any]]:
     )
 
 
+def _dead(conn: Conn, webhook_id: int) -> list[dict[str, Any]]:
+    return [r for r in _rows(conn, webhook_id) if r["state"] == "dead"]
+
+
 def _errors(conn: Conn, webhook_id: int) -> list[str]:
     return [
         str(r["error"])
@@ -240,9 +246,7 @@ def test_broken_urls_become_failed_attempts_then_dead_and_others_are_delivered(
             _alert(conn, "icd-healthy")
             wait_for(rx.accepted, what="the healthy delivery")
             for hook in hooks:
-                wait_for(
-                    lambda h=hook: [r for r in _rows(conn, h) if r["state"] == "dead"], what=f"{hook} dead"
-                )
+                wait_for(partial(_dead, conn, hook), what=f"{hook} dead")
     for hook, url in zip(hooks, broken, strict=True):
         [row] = _rows(conn, hook)
         assert row["attempts"] == FAST_RETRY.max_attempts, url
@@ -270,9 +274,7 @@ def test_a_refused_destination_is_checked_again_at_delivery(
         with relay(settings, egress=STRICT):
             _alert(conn, "icd-private")
             for hook in hooks:
-                wait_for(
-                    lambda h=hook: [r for r in _rows(conn, h) if r["state"] == "dead"], what=f"{hook} dead"
-                )
+                wait_for(partial(_dead, conn, hook), what=f"{hook} dead")
     assert rx.requests == []
     for hook in hooks:
         errors = _errors(conn, hook)
@@ -438,7 +440,8 @@ def test_an_email_row_that_cannot_be_built_fails_alone(conn: Conn, world: World,
     rows = conn.execute(
         """INSERT INTO outbox (alert_id, event, audience, org_id, channel, body)
            SELECT o.alert_id, o.event, o.audience, o.org_id, 'email', b.body
-           FROM outbox o JOIN alerts a USING (alert_id), (VALUES (1, 'not json'), (2, 'placeholder')) AS b(n, body)
+           FROM outbox o JOIN alerts a USING (alert_id),
+                (VALUES (1, 'not json'), (2, 'placeholder')) AS b(n, body)
            WHERE a.device_id = 'icd-badmail' AND o.audience = 'provider' AND o.channel = 'mqtt'
            ORDER BY b.n
            RETURNING delivery_id""",
@@ -486,3 +489,44 @@ def test_webhooks_per_org_are_capped(conn: Conn, world: World) -> None:
         store.create_webhook(conn, world.garage_id, "https://1.1.1.9/hook", max_per_org=3)
     store.delete_webhook(conn, world.garage_id, made[0]["webhook_id"])
     store.create_webhook(conn, world.garage_id, "https://1.1.1.9/hook", max_per_org=3)
+
+
+def test_api_refuses_bad_webhook_urls_with_422_naming_url(
+    settings: Settings, users: Users, world: World
+) -> None:
+    strict = settings.model_copy(update={"webhook_allow_private": False, "webhooks_per_org_max": 2})
+    with ApiServer(strict) as server, client(server, users.tokens["provider"]) as api:
+        for url in (
+            "http://a..b/",
+            "https://a..b/",
+            "https://xn--zz.com/",
+            "http://93.184.215.14/hook",
+            "https://127.0.0.1/hook",
+            "https://localhost:8443/hook",
+            "https://169.254.169.254/latest/meta-data",
+            "https://[::ffff:10.0.0.1]/hook",
+            "https://user:pw@93.184.215.14/hook",
+            "ftp://x",
+            "https://h.example/" + "p" * 2000,
+        ):
+            error = assert_error(api.post("/api/v1/webhooks", json={"url": url}), 422)
+            assert "url" in error["message"] or "url" in json.dumps(error["details"]), (url, error)
+        first = api.post("/api/v1/webhooks", json={"url": "https://93.184.215.14/hook"})
+        assert first.status_code == 201, first.text
+        hook_id = first.json()["webhook_id"]
+        assert api.post("/api/v1/webhooks", json={"url": "https://1.1.1.1/hook"}).status_code == 201
+        assert (
+            "at most 2 webhooks"
+            in assert_error(api.post("/api/v1/webhooks", json={"url": "https://1.1.1.2/hook"}), 409)[
+                "message"
+            ]
+        )
+        refused = api.patch(f"/api/v1/webhooks/{hook_id}", json={"url": "https://10.1.2.3/hook"})
+        assert "url" in assert_error(refused, 422)["message"]
+        changed = api.patch(
+            f"/api/v1/webhooks/{hook_id}", json={"url": "https://1.0.0.1/in", "enabled": False}
+        )
+        assert changed.status_code == 200, changed.text
+        assert (changed.json()["url"], changed.json()["enabled"]) == ("https://1.0.0.1/in", False)
+        with client(server, users.tokens["provider2"]) as other:
+            assert_error(other.patch(f"/api/v1/webhooks/{hook_id}", json={"enabled": True}), 404)
