@@ -91,9 +91,7 @@ def _wait_status(
 def test_command_round_trip_with_a_device(
     clients: dict[str, httpx.Client], responders: dict[str, Responder]
 ) -> None:
-    sent = clients["provider2"].post(
-        "/api/v1/devices/veh-r/commands", json={"name": "ping", "args": {}}
-    )
+    sent = clients["provider2"].post("/api/v1/devices/veh-r/commands", json={"name": "ping", "args": {}})
     assert sent.status_code == 202, sent.text
     command = sent.json()
     assert command["status"] in ("sent", "acknowledged", "done")
