@@ -1,6 +1,6 @@
 """Test session: a private Mosquitto and PostgreSQL started by the session itself (fix_stack), a fresh
 migrated database per test module (fix_db), API users and servers (fix_api), headless Chromium
-(fix_browser) and simulated devices (devices.simulator.fixture)."""
+(fix_browser) and simulated devices (fix_simulator)."""
 
 import os
 
@@ -13,5 +13,5 @@ pytest_plugins = [
     "tests.fix_db",
     "tests.fix_api",
     "tests.fix_browser",
-    "devices.simulator.fixture",
+    "tests.fix_simulator",
 ]

@@ -21,13 +21,13 @@ from paho.mqtt.properties import Properties
 
 from devices.simulator import scenarios
 from devices.simulator.device import SimDevice, topic
-from devices.simulator.fixture import Simulator
 from devices.simulator.runner import ScenarioRun
 from ingest.service import IngestService
 from pulsewire.errors import ScenarioError
 from pulsewire.settings import Settings
 from schemas.catalogue import EVENT_TYPES, metric_for
 from schemas.payloads import CommandReply
+from tests.fix_simulator import Simulator
 
 ALL = scenarios.available()
 REQUIRED = {

@@ -24,12 +24,12 @@ from paho.mqtt.properties import Properties
 
 from devices.simulator import scenarios
 from devices.simulator.device import Message, SimDevice, topic
-from devices.simulator.fixture import Simulator
 from devices.simulator.live import LiveOptions, run_live
 from devices.simulator.live_sources import LiveImplant, LiveVehicle, incident_plan
 from ingest.service import IngestService
 from pulsewire.settings import Settings
 from schemas.catalogue import EVENT_TYPES, metric_for
+from tests.fix_simulator import Simulator
 from tests.helpers import wait_for
 
 FLEET = [

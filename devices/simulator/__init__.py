@@ -7,8 +7,8 @@ Python API::
     run.scenario.expect          # ExpectedAlert(rule, severity, audience) the relay must raise
     run.expected_readings()      # what ingest must store; run.expected_quarantine(): the reasons
 
-`Fleet` runs thousands of devices in one event loop (`connect`, `run_load`, `close`);
-`devices.simulator.fixture` is the pytest plugin (`sim` fixture).
+`Fleet` runs thousands of devices in one event loop (`connect`, `run_load`, `close`). The test
+suite's `sim` fixture (tests/fix_simulator.py) registers devices and runs scenarios with them.
 """
 
 from devices.simulator.fleet import Fleet, LoadReport

@@ -1,7 +1,7 @@
-"""Pytest plugin: a simulated device or fleet for a test, on the session's stack.
+"""Simulator fixtures: a simulated device or fleet for a test, on the session's stack.
 
-Load it with `pytest_plugins = ["devices.simulator.fixture"]` next to `tests.fix_db`, whose
-`world` and `settings` fixtures it uses::
+A pytest plugin of the test suite (tests/conftest.py loads it after `tests.fix_db`, whose `world`
+and `settings` fixtures it uses)::
 
     async def test_overheating(sim):
         run = await sim.scenario("overheating", seed=3)
@@ -22,6 +22,7 @@ from devices.simulator.scenarios import load
 from pulsewire import registry
 from pulsewire.db import connect
 from pulsewire.settings import Settings
+from tests.fix_db import World
 
 FAST = 1e12  # time scale for tests: no waiting between messages
 
@@ -29,7 +30,7 @@ FAST = 1e12  # time scale for tests: no waiting between messages
 class Simulator:
     """Registers simulated devices in the test's world and runs scenarios or fleets as them."""
 
-    def __init__(self, world: Any, settings: Settings) -> None:
+    def __init__(self, world: World, settings: Settings) -> None:
         self.world, self.settings = world, settings
         self._ids = itertools.count(1)
         self._tag = secrets.token_hex(2)
@@ -70,6 +71,6 @@ class Simulator:
 
 
 @pytest.fixture
-def sim(world: Any, settings: Settings) -> Simulator:
+def sim(world: World, settings: Settings) -> Simulator:
     """A `Simulator` bound to the module's world (registry) and the session's broker."""
     return Simulator(world, settings)
