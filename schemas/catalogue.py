@@ -3,11 +3,15 @@
 Ranges are what the sensor can physically report (`docs/domain.md`), not what is normal:
 a reading outside them is an error in transit or in the device, and is quarantined.
 Clinical metrics are never shown to a device's vendor.
+
+Each metric also carries how the outside world names it (`Standard`): its UCUM unit, its IEEE
+11073-10101/10103 (MDC/IDC) code where one is published, and its COVESA VSS path for vehicles.
+`docs/interop.md` lists them with their sources.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -15,6 +19,28 @@ from typing import Any
 class DeviceKind(StrEnum):
     IMPLANT = "implant"
     VEHICLE = "vehicle"
+
+
+# Code systems of exported metrics: IEEE 11073-10101 (which holds the 10103 IDC terms), and ours for
+# metrics that have no published code.
+MDC_SYSTEM = "urn:iso:std:iso:11073:10101"
+PULSEWIRE_METRIC_SYSTEM = "urn:pulsewire:fhir:metric"
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+
+
+@dataclass(frozen=True)
+class Standard:
+    """How a metric is named outside Pulsewire.
+
+    `mdc_code` is the numeric code in `MDC_SYSTEM` and `mdc_term` its reference id; both empty when
+    no code is published (or none we could verify): such a metric is exported in
+    `PULSEWIRE_METRIC_SYSTEM`. `vss_path` is the COVESA VSS 4.x signal of a vehicle metric.
+    """
+
+    ucum: str
+    mdc_code: int | None = None
+    mdc_term: str = ""
+    vss_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -27,6 +53,7 @@ class Metric:
     high: float
     clinical: bool = False
     description: str = ""
+    standard: Standard = Standard(ucum="1")
 
     def admits(self, value: float) -> bool:
         """Whether `value` is physically possible for this metric."""
@@ -75,9 +102,60 @@ _VEHICLE = [
     _m("lon", "deg", -180, 180, "longitude", clinical=True),
 ]
 
+_S = Standard
+# Codes as published in HL7 CardX-CIED's IDCO example (721344, 721472, 721728, 722432) and in the IDC
+# term lists of the iCARDEA project (RV/LV chamber variants, HV impedance 722624); heart rate is
+# MDC_ECG_HEART_RATE of 11073-10101. Pacing percentages, AF burden and sensing amplitudes have IDC
+# terms whose numeric codes we could not verify from a public source: they stay in our system.
+_IMPLANT_STANDARDS = {
+    "heart_rate_bpm": _S("/min", 147842, "MDC_ECG_HEART_RATE"),
+    "battery_voltage_v": _S("V", 721344, "MDC_IDC_MSMT_BATTERY_VOLTAGE"),
+    "battery_longevity_months": _S("mo", 721472, "MDC_IDC_MSMT_BATTERY_REMAINING_LONGEVITY"),
+    "charge_time_s": _S("s", 721728, "MDC_IDC_MSMT_CAP_CHARGE_TIME"),
+    "lead_impedance_ra_ohm": _S("Ohm", 722432, "MDC_IDC_MSMT_LEADCHNL_RA_IMPEDANCE_VALUE"),
+    "lead_impedance_rv_ohm": _S("Ohm", 722433, "MDC_IDC_MSMT_LEADCHNL_RV_IMPEDANCE_VALUE"),
+    "lead_impedance_lv_ohm": _S("Ohm", 722435, "MDC_IDC_MSMT_LEADCHNL_LV_IMPEDANCE_VALUE"),
+    "hv_impedance_ohm": _S("Ohm", 722624, "MDC_IDC_MSMT_LEADHVCHNL_IMPEDANCE"),
+    "r_wave_mv": _S("mV"),
+    "p_wave_mv": _S("mV"),
+    "capture_threshold_rv_v": _S("V", 722177, "MDC_IDC_MSMT_LEADCHNL_RV_PACING_THRESHOLD_AMPLITUDE"),
+    "paced_pct_ra": _S("%"),
+    "paced_pct_rv": _S("%"),
+    "biv_paced_pct": _S("%"),
+    "af_burden_pct": _S("%"),
+}
+# VSS 4.x signal paths (spec/OBD/OBD.vspec and the Vehicle tree of COVESA's specification).
+_VEHICLE_STANDARDS = {
+    "rpm": _S("/min", vss_path="Vehicle.OBD.EngineSpeed"),
+    "speed_kmh": _S("km/h", vss_path="Vehicle.OBD.Speed"),
+    "coolant_temp_c": _S("Cel", vss_path="Vehicle.OBD.CoolantTemperature"),
+    "intake_temp_c": _S("Cel", vss_path="Vehicle.OBD.IntakeTemp"),
+    "engine_load_pct": _S("%", vss_path="Vehicle.OBD.EngineLoad"),
+    "throttle_pct": _S("%", vss_path="Vehicle.OBD.ThrottlePosition"),
+    "maf_gs": _S("g/s", vss_path="Vehicle.OBD.MAF"),
+    "short_fuel_trim_pct": _S("%", vss_path="Vehicle.OBD.ShortTermFuelTrim1"),
+    "long_fuel_trim_pct": _S("%", vss_path="Vehicle.OBD.LongTermFuelTrim1"),
+    "fuel_level_pct": _S("%", vss_path="Vehicle.OBD.FuelLevel"),
+    "module_voltage_v": _S("V", vss_path="Vehicle.OBD.ControlModuleVoltage"),
+    "battery_voltage_v": _S("V", vss_path="Vehicle.LowVoltageBattery.CurrentVoltage"),
+    "oil_temp_c": _S("Cel", vss_path="Vehicle.OBD.OilTemperature"),
+    "odometer_km": _S("km", vss_path="Vehicle.TraveledDistance"),
+    "lat": _S("deg", vss_path="Vehicle.CurrentLocation.Latitude"),
+    "lon": _S("deg", vss_path="Vehicle.CurrentLocation.Longitude"),
+}
+# Vehicle events in VSS terms: the DTC list, their count and the malfunction indicator lamp.
+VSS_DTC_LIST = "Vehicle.OBD.DTCList"
+VSS_DTC_COUNT = "Vehicle.OBD.Status.DTCCount"
+VSS_MIL_ON = "Vehicle.OBD.Status.IsMILOn"
+
+
+def _with_standards(metrics: list[Metric], standards: dict[str, Standard]) -> dict[str, Metric]:
+    return {m.name: replace(m, standard=standards[m.name]) for m in metrics}
+
+
 CATALOGUE: dict[DeviceKind, dict[str, Metric]] = {
-    DeviceKind.IMPLANT: {m.name: m for m in _IMPLANT},
-    DeviceKind.VEHICLE: {m.name: m for m in _VEHICLE},
+    DeviceKind.IMPLANT: _with_standards(_IMPLANT, _IMPLANT_STANDARDS),
+    DeviceKind.VEHICLE: _with_standards(_VEHICLE, _VEHICLE_STANDARDS),
 }
 
 IMPLANT_EVENTS = frozenset(
