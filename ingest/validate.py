@@ -10,7 +10,6 @@ retention) are applied here. A message with one bad reading is quarantined whole
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,11 +27,9 @@ from schemas.payloads import (
     StatusPayload,
     TelemetryPayload,
 )
+from schemas.topics import parse_uplink
 
-TOPIC_PREFIX = "pw/v1/dev/"
-MESSAGE_KINDS = ("telemetry", "event", "status")
 _MAX_DETAIL_ITEMS = 3
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # as schemas.payloads.DeviceId
 
 
 class ReadingLike(Protocol):
@@ -97,16 +94,6 @@ Validated = Telemetry | Event | Status | Quarantined
 Reject = Callable[[QuarantineReason, str], Quarantined]
 
 
-def topic_device(topic: str) -> tuple[str, str] | None:
-    """(device_id, message kind) of a device topic, or None when the topic is not ours."""
-    if not topic.startswith(TOPIC_PREFIX):
-        return None
-    parts = topic[len(TOPIC_PREFIX) :].split("/")
-    if len(parts) != 2 or parts[1] not in MESSAGE_KINDS or not _DEVICE_ID.match(parts[0]):
-        return None
-    return parts[0], parts[1]
-
-
 @dataclass(frozen=True, slots=True)
 class _Window:
     """Timestamps accepted: after `oldest` (retention) and up to `latest` (the allowed clock skew)."""
@@ -125,7 +112,7 @@ def validate(
     retention_days: int,
 ) -> Validated:
     """Check one message against the contract; see the module docstring."""
-    where = topic_device(topic)
+    where = parse_uplink(topic)
     if where is None:
         detail = "not a pw/v1/dev/{device_id}/{telemetry|event|status} topic"
         return Quarantined(topic, None, QuarantineReason.UNKNOWN_TOPIC, detail, payload)

@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from schemas.commands import CommandName
+from schemas.topics import DEVICE_ID_PATTERN
 
 TELEMETRY_SCHEMA = "pulsewire.telemetry/1"
 EVENT_SCHEMA = "pulsewire.event/1"
@@ -34,7 +35,7 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_READINGS = 10_000
 INT64_LIMIT = 2**63  # seq and any integer bound for a bigint column: 0 <= n < INT64_LIMIT
 
-DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
 BootId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetricName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
