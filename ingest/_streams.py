@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+
+from pulsewire.db import int_array, text_array
 
 if TYPE_CHECKING:
     from ingest.validate import Event, Telemetry
 
 Conn = psycopg.Connection[dict[str, Any]]
-
-
-def text_array(values: Iterable[str]) -> str:
-    """A text[] literal, sent as one parameter: psycopg's list dumper costs about 1 us an element."""
-    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
-
-
-def int_array(values: Iterable[int]) -> str:
-    """A bigint[]/int[] literal, sent as one parameter."""
-    return "{" + ",".join(map(str, values)) + "}"
 
 
 def update_streams(conn: Conn, new: list[Telemetry | Event]) -> int:

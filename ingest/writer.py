@@ -21,19 +21,20 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ingest._streams import int_array, text_array, update_streams
+from ingest._streams import update_streams
 from ingest.validate import Event, Quarantined, Status, Telemetry, Validated
-from pulsewire.db import TRANSIENT_ERRORS, connect
+from pulsewire.db import TRANSIENT_ERRORS, connect, int_array, text_array
 from pulsewire.errors import DatabaseError
 from pulsewire.storage import maintain
+from pulsewire.wire import queue_evaluation
 from schemas.payloads import QuarantineReason
+from schemas.topics import DEVICE_PREFIX, UplinkKind, uplink
 
 log = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[dict[str, Any]]
 Key = tuple[str, str, int]
 T = TypeVar("T")
-NOTIFY_CHANNEL = "pulsewire_eval"
 MAINTENANCE_LOCK = 0x5057_4D41  # advisory lock: one storage maintainer at a time
 # PostgreSQL refused these rows for what they contain: retrying the same batch cannot help.
 _DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
@@ -147,9 +148,11 @@ class _Refused(Exception):
         self.detail = detail
 
 
+_KINDS: dict[type, UplinkKind] = {Telemetry: "telemetry", Event: "event", Status: "status"}
+
+
 def _topic_of(item: Telemetry | Event | Status) -> str:
-    kind = {Telemetry: "telemetry", Event: "event", Status: "status"}[type(item)]
-    return f"pw/v1/dev/{item.device_id}/{kind}"
+    return uplink(item.device_id, _KINDS[type(item)])
 
 
 def _describe(exc: psycopg.Error) -> str:
@@ -172,7 +175,7 @@ def _write_isolating(
             if isinstance(item, Quarantined):
                 # Quarantine rows hold nothing PostgreSQL can refuse; say so loudly if it ever does.
                 log.error("quarantine refused a %s row: %s", item.reason, _describe(exc))
-                topic, device_id = "pw/v1/dev/unknown", None
+                topic, device_id = DEVICE_PREFIX + "unknown", None
             else:
                 topic, device_id = _topic_of(item), item.device_id
             bad.append(Quarantined(topic, device_id, QuarantineReason.DB_REJECTED, _describe(exc), payload))
@@ -226,26 +229,8 @@ def _write_batch(conn: Conn, items: Sequence[Validated], keep: int) -> BatchOutc
         out.gaps = update_streams(conn, new)
         _update_devices(conn, new, statuses)
         out.statuses = len(statuses)
-        _queue_evaluation(conn, spans, {m.device_id for m in new if isinstance(m, Event)})
+        queue_evaluation(conn, spans, {m.device_id for m in new if isinstance(m, Event)})
     return out
-
-
-def _queue_evaluation(conn: Conn, spans: Spans, with_events: set[str]) -> None:
-    if not spans:
-        return
-    devices = sorted(spans)
-    conn.execute(
-        "INSERT INTO eval_queue (device_id, min_ts, max_ts, has_events) "
-        "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::boolean[])",
-        (
-            text_array(devices),
-            [spans[d][0] for d in devices],
-            [spans[d][1] for d in devices],
-            [d in with_events for d in devices],
-        ),
-    )
-    # Delivered at commit, and only if the batch commits.
-    conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
 def _latest_status(old: Status | None, new: Status) -> Status:

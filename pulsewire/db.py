@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -90,3 +90,13 @@ def async_pool(
         configure=configure if statement_timeout_ms is not None else None,
         reconnect_timeout=0,
     )
+
+
+def text_array(values: Iterable[str]) -> str:
+    """A text[] literal, sent as one parameter: psycopg's list dumper costs about 1 us an element."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
+
+
+def int_array(values: Iterable[int]) -> str:
+    """A bigint[]/int[] literal, sent as one parameter."""
+    return "{" + ",".join(map(str, values)) + "}"

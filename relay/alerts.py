@@ -15,13 +15,12 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from pulsewire.wire import ALERTS_CHANNEL, OUTBOX_CHANNEL
 from relay.evaluate import Fire
 from relay.rules import Rule
 from relay.views import ALERT_SELECT, message, view_for
 
 Conn = psycopg.Connection[dict[str, Any]]
-ALERTS_CHANNEL = "pulsewire_alerts"
-OUTBOX_CHANNEL = "pulsewire_outbox"
 OPEN_STATES = ("open", "acknowledged")
 
 

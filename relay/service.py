@@ -23,6 +23,7 @@ import psycopg
 from pulsewire.db import connect
 from pulsewire.errors import DatabaseError
 from pulsewire.settings import MqttTarget, Settings
+from pulsewire.wire import EVAL_CHANNEL, OUTBOX_CHANNEL
 from relay.channels import Channels
 from relay.deliver import InFlight, RetryPolicy, deliver_one
 from relay.egress import EgressPolicy
@@ -31,8 +32,6 @@ from relay.rules import seed_defaults
 from relay.tick import check_silences, escalate
 
 log = logging.getLogger("pulsewire.relay")
-EVAL_CHANNEL = "pulsewire_eval"
-OUTBOX_CHANNEL = "pulsewire_outbox"
 Conn = psycopg.Connection[dict[str, Any]]
 
 

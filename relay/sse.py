@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from relay.alerts import ALERTS_CHANNEL
+from pulsewire.wire import ALERTS_CHANNEL
 from relay.views import ALERT_SELECT, view_for
 
 log = logging.getLogger("pulsewire.relay.sse")

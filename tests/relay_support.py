@@ -17,6 +17,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from pulsewire.db import connect
+from pulsewire.wire import queue_evaluation
 from relay.engine import EngineConfig, evaluate_pending
 from schemas.catalogue import CLINICAL_EVENTS, is_clinical_metric
 from tests.helpers import wait_for  # noqa: F401 (re-exported: the relay tests import it from here)
@@ -31,7 +32,7 @@ def commit_batch(
     readings: Sequence[tuple[datetime, str, float]] = (),
     events: Sequence[tuple[datetime, str, dict[str, Any]]] = (),
 ) -> None:
-    """Write readings and events and their eval_queue row in one transaction, as ingest does."""
+    """Write readings and events and queue their range in one transaction, as ingest does."""
     stamps = [r[0] for r in readings] + [e[0] for e in events]
     with conn.transaction():
         for ts, metric, value in readings:
@@ -45,11 +46,7 @@ def commit_batch(
                 " VALUES (%s, %s, 't', %s, %s, %s)",
                 (ts, device_id, next(_seq), type_, Jsonb(data)),
             )
-        conn.execute(
-            "INSERT INTO eval_queue (device_id, min_ts, max_ts) VALUES (%s, %s, %s)",
-            (device_id, min(stamps), max(stamps)),
-        )
-        conn.execute("NOTIFY pulsewire_eval")
+        queue_evaluation(conn, {device_id: (min(stamps), max(stamps))}, {device_id} if events else ())
 
 
 def evaluate(db_url: str, cfg: EngineConfig | None = None) -> int:

@@ -1,0 +1,56 @@
+"""What the services say to each other through PostgreSQL: NOTIFY channels and the evaluation queue.
+
+The processes never call each other (docs/architecture.md); they meet in the database, and these
+names and this write are the contract there, as `schemas.topics` is on the broker:
+
+- `EVAL_CHANNEL`: ingest committed data to evaluate (`queue_evaluation`); relay workers wake up.
+- `OUTBOX_CHANNEL`: an alert change queued deliveries; relay delivery threads wake up.
+- `ALERTS_CHANNEL`: an alert changed (payload: its id, event and orgs); dashboards' streams fan it out.
+
+Notifications are sent inside the writer's transaction, so PostgreSQL delivers them at commit and
+only if it commits; every listener also polls, so a lost one costs a poll interval, not the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from pulsewire.db import text_array
+
+EVAL_CHANNEL = "pulsewire_eval"
+OUTBOX_CHANNEL = "pulsewire_outbox"
+ALERTS_CHANNEL = "pulsewire_alerts"
+
+# One row per device: the event-time range a committed batch covered, and whether it held events
+# (the relay takes devices with queued events first).
+_QUEUE_EVALUATION = (
+    "INSERT INTO eval_queue (device_id, min_ts, max_ts, has_events) "
+    "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::boolean[])"
+)
+_NOTIFY_EVAL = f"NOTIFY {EVAL_CHANNEL}"
+
+Spans = Mapping[str, tuple[datetime, datetime]]  # device id → (earliest, latest) event time
+
+
+def queue_evaluation(conn: psycopg.Connection[Any], spans: Spans, with_events: Collection[str]) -> None:
+    """Queue each device's range for evaluation and notify the relay, in the caller's transaction.
+
+    Two statements and no result read, so it also runs inside ingest's pipelined batch unchanged.
+    """
+    if not spans:
+        return
+    devices = sorted(spans)
+    conn.execute(
+        _QUEUE_EVALUATION,
+        (
+            text_array(devices),
+            [spans[d][0] for d in devices],
+            [spans[d][1] for d in devices],
+            [d in with_events for d in devices],
+        ),
+    )
+    conn.execute(_NOTIFY_EVAL)
