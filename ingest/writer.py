@@ -73,8 +73,13 @@ class BatchWriter:
             self._conn = None
 
     def load_kinds(self) -> dict[str, str]:
-        """The device registry as {device_id: kind}."""
-        rows = self._run(lambda c: c.execute("SELECT device_id, kind FROM devices").fetchall())
+        """The devices in service as {device_id: kind}; a decommissioned one is unknown to ingest.
+
+        The broker refuses a retired device's login; what still arrives from it (sent just before,
+        or replayed) is quarantined as `unregistered_device`, and nothing is stored or evaluated.
+        """
+        query = "SELECT device_id, kind FROM devices WHERE decommissioned_at IS NULL"
+        rows = self._run(lambda c: c.execute(query).fetchall())
         return {str(r["device_id"]): str(r["kind"]) for r in rows}
 
     def write(self, items: Sequence[Validated], payloads: Sequence[bytes] | None = None) -> BatchOutcome:

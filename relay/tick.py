@@ -1,7 +1,8 @@
 """Clock-time work: silent devices (absence rules) and escalation of unacknowledged red alerts.
 
 Safe with any number of workers: a silent device is handled under the same per-device advisory
-lock as its evaluation, and escalation re-checks its condition under the alert's row lock.
+lock as its evaluation (its silence judged again under that lock), and escalation re-checks its
+condition under the alert's row lock. Decommissioned devices are never silent: they were retired.
 An absence rule that fails on a device is skipped there and its error recorded on it; a device
 that fails as a whole is logged and left for the next tick: neither stops the others, nor escalation.
 """
@@ -26,16 +27,26 @@ log = logging.getLogger("pulsewire.relay")
 
 # Silence is measured from the newest data in event time (the device's watermark), not from when
 # it reached us: a home monitor whose week of backlog arrives at once was still silent for days.
+# But not while an upload is under way: mid-backlog the watermark is days old although the device
+# is talking to us, and judging it then opens an alert the next batch resolves (a false page).
+# An upload is under way while the device has committed data not evaluated yet (eval_queue), or
+# had contact (ingest's `last_seen_at`) within UPLOAD_PAUSE_S without saying it went offline.
 # Devices quiet for at least their own heartbeat (the smallest silence any absence rule allows)
 # and without an open absence alert: a cheap pre-filter, the rule decides.
-_CANDIDATES = """
+_SILENT = """
 SELECT d.device_id, d.heartbeat_s, coalesce(s.watermark, d.created_at) AS last_input_at
 FROM devices d LEFT JOIN device_eval_state s ON s.device_id = d.device_id
-WHERE coalesce(s.watermark, d.created_at) < now() - make_interval(secs => d.heartbeat_s * %s)
+WHERE (%(device)s::text IS NULL OR d.device_id = %(device)s)
+  AND d.decommissioned_at IS NULL
+  AND coalesce(s.watermark, d.created_at) < now() - make_interval(secs => d.heartbeat_s * %(factor)s)
+  AND NOT EXISTS (SELECT 1 FROM eval_queue q WHERE q.device_id = d.device_id)
+  AND NOT (coalesce(d.last_seen_at > now() - make_interval(secs => %(pause_s)s), false)
+           AND (d.online OR d.status_at IS NULL))
   AND NOT EXISTS (SELECT 1 FROM alerts a JOIN rules r ON r.key = a.rule_key AND r.kind = 'absence'
                   WHERE a.device_id = d.device_id AND a.state <> 'resolved')
-ORDER BY d.device_id LIMIT %s
+ORDER BY d.device_id LIMIT %(limit)s
 """
+UPLOAD_PAUSE_S = 120.0  # a connected device quiet this long is not uploading anything
 _MIN_FACTOR = 1.0
 
 
@@ -45,12 +56,14 @@ def check_silences(conn: Conn, cfg: EngineConfig, limit: int = 200) -> list[int]
     Each device is handled in its own transaction (the caller's connection is in autocommit).
     """
     opened: list[int] = []
-    for cand in conn.execute(_CANDIDATES, (_MIN_FACTOR, limit)).fetchall():
+    for cand in _silent(conn, None, limit):
         faults: list[RuleFault] = []
         try:
             with conn.transaction():
                 if lock_device(conn, cand["device_id"]):
-                    opened += _silence_device(conn, cand, cfg, faults)
+                    # Judged again under the lock: a batch may have been committed or evaluated since.
+                    for still in _silent(conn, cand["device_id"], 1):
+                        opened += _silence_device(conn, still, cfg, faults)
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise  # the database, not this device
         except Exception:
@@ -58,6 +71,11 @@ def check_silences(conn: Conn, cfg: EngineConfig, limit: int = 200) -> list[int]
             continue
         record_rule_faults(conn, faults)
     return opened
+
+
+def _silent(conn: Conn, device_id: str | None, limit: int) -> list[dict[str, Any]]:
+    params = {"device": device_id, "factor": _MIN_FACTOR, "pause_s": UPLOAD_PAUSE_S, "limit": limit}
+    return conn.execute(_SILENT, params).fetchall()
 
 
 def _silence_device(

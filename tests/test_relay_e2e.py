@@ -83,6 +83,13 @@ def test_scenario_raises_exactly_its_alerts(
         timeout_s=30,
         what="the relay to evaluate",
     )
+    # Every scenario ends offline (its own goodbye, or the Will): the upload is over, silence is judged.
+    offline = "SELECT count(*) AS n FROM devices WHERE device_id = %s AND NOT online"
+    wait_for(
+        lambda: _count(conn, offline, device_id),
+        timeout_s=30,
+        what="the device's offline status",
+    )
     check_silences(conn, EngineConfig())
     alerts = list(conn.execute("SELECT * FROM alerts WHERE device_id = %s ORDER BY alert_id", (device_id,)))
     got = sorted((a["rule_key"], a["severity"]) for a in alerts)
