@@ -55,6 +55,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_simple(sub, "maintain", "create time partitions ahead and apply retention", _cmd_maintain)
     _add_registry(sub)
     _add_quarantine(sub)
+    _add_export(sub)
     schemas = sub.add_parser("schemas", help="export the payloads' JSON Schema")
     schemas.set_defaults(handler=_cmd_schemas)
     chosen = argv[0] if argv else None
@@ -96,6 +97,12 @@ def _add_quarantine(sub: Any) -> None:
     from pulsewire import cli_quarantine
 
     cli_quarantine.add_commands(sub)
+
+
+def _add_export(sub: Any) -> None:
+    from pulsewire import cli_export
+
+    cli_export.add_commands(sub)
 
 
 def _cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
