@@ -232,7 +232,7 @@ def _measure(
                 latencies.append((receiver.arrivals[n] - sent) * 1000)
             else:
                 missed += 1
-            for alert in store.list_alerts(c, clinic, "provider", state="open", device_id=PROBE):
+            for alert in store.list_alerts(c, store.Viewer("provider", clinic), state="open", device_id=PROBE):
                 store.resolve(c, clinic, alert["alert_id"], user)
             time.sleep(args.gap_s)
         elapsed = time.perf_counter() - began

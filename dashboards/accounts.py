@@ -10,11 +10,10 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
-from dashboards.auth import Principal
-from dashboards.errors import ApiError, not_found
-from dashboards.queries import AConn, PageRequest, Row, audit, require_role
-from pulsewire import registry
-from pulsewire.errors import RegistryError
+from dashboards.queries import PageRequest, audit, require_role
+from dashboards.types import AConn, Principal, Row
+from pulsewire import db, registry
+from pulsewire.errors import Conflict
 from pulsewire.registry import TOKEN_PREFIX, hash_token
 
 _MAX_TOKEN_ID = 2**63 - 1
@@ -74,7 +73,7 @@ async def set_disabled(state: Any, conn: AConn, p: Principal, user_id: int, *, d
     """Disable or enable a user (admins only, never themselves); the registry does the work."""
     require_role(p, ("admin",), "disable or enable users")
     if user_id == p.user_id:
-        raise ApiError(409, "an admin cannot disable or enable themselves", code="self")
+        raise Conflict("an admin cannot disable or enable themselves", code="self")
     pool: ConnectionPool[registry.Conn] = state.sync_pool
     row = await run_in_threadpool(_set_disabled, pool, user_id, disabled)
     await audit(conn, p, "user.disable" if disabled else "user.enable", "user", str(user_id))
@@ -83,8 +82,5 @@ async def set_disabled(state: Any, conn: AConn, p: Principal, user_id: int, *, d
 
 def _set_disabled(pool: ConnectionPool[registry.Conn], user_id: int, disabled: bool) -> Row:
     # The registry is synchronous (the CLI shares it); this runs in a worker thread.
-    with pool.connection() as sync_conn:
-        try:
-            return registry.set_user_disabled(sync_conn, user_id, disabled)
-        except RegistryError as exc:
-            raise not_found(f"user {user_id}") from exc
+    with db.borrowed_sync(pool) as sync_conn:
+        return registry.set_user_disabled(sync_conn, user_id, disabled)  # UnknownRecord: a NotFound

@@ -18,7 +18,7 @@ from dashboards.auth import SessionConfig
 from dashboards.commands import CommandService
 from dashboards.errors import ERROR_RESPONSES, install_handlers
 from dashboards.guards import ConcurrencyCap, LoginGuard
-from dashboards.queries import AConn
+from dashboards.types import AConn
 from pulsewire import db
 from pulsewire.errors import DatabaseError
 from pulsewire.settings import Settings

@@ -14,13 +14,11 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from argon2 import PasswordHasher
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response
 
-from dashboards.queries import AConn
+from dashboards.types import AConn, Principal
 from pulsewire.registry import hash_token, verify_user_password
 
 SESSION_COOKIE = "pw_session"
@@ -29,29 +27,6 @@ SESSION_TTL = timedelta(hours=12)
 REFUSED = "missing, invalid or revoked credentials"
 TOKEN_EXPIRED = "API token expired: create a new one"
 _PRINCIPAL_COLUMNS = """u.user_id, u.role, u.org_id, o.kind AS org_kind, u.owner_id, u.display_name"""
-
-
-@dataclass(frozen=True)
-class Principal:
-    """The authenticated caller: a user with a role, maybe in an org, maybe an owner."""
-
-    user_id: int
-    role: str
-    org_id: int | None
-    org_kind: str | None
-    owner_id: int | None
-    display_name: str
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Principal:
-        return cls(
-            user_id=int(row["user_id"]),
-            role=str(row["role"]),
-            org_id=None if row["org_id"] is None else int(row["org_id"]),
-            org_kind=None if row["org_kind"] is None else str(row["org_kind"]),
-            owner_id=None if row["owner_id"] is None else int(row["owner_id"]),
-            display_name=str(row["display_name"]),
-        )
 
 
 @dataclass(frozen=True)
@@ -162,26 +137,6 @@ async def end_session(conn: AConn, config: SessionConfig, cookie: str) -> None:
     session_id = _verified_session_id(config, cookie)
     if session_id is not None:
         await conn.execute("DELETE FROM web_sessions WHERE session_hash = %s", (hash_token(session_id),))
-
-
-def set_session_cookie(response: Response, config: SessionConfig, cookie: str) -> None:
-    """Attach the session cookie: HttpOnly, SameSite=Lax, Secure when configured."""
-    response.set_cookie(
-        SESSION_COOKIE,
-        cookie,
-        max_age=int(config.ttl.total_seconds()),
-        httponly=True,
-        samesite="lax",
-        secure=config.secure_cookies,
-        path="/",
-    )
-
-
-def clear_session_cookie(response: Response, config: SessionConfig) -> None:
-    """Remove the session cookie from the browser."""
-    response.delete_cookie(
-        SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=config.secure_cookies
-    )
 
 
 def csrf_token(config: SessionConfig, cookie: str) -> str:

@@ -32,8 +32,9 @@ from paho.mqtt.properties import Properties
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
-from dashboards.queries import AConn, PageRequest, Row
-from pulsewire.errors import BrokerError, PulsewireError
+from dashboards.queries import PageRequest
+from dashboards.types import AConn, Row
+from pulsewire.errors import BrokerError, Conflict, RateLimited
 from pulsewire.settings import Settings
 from schemas.payloads import CommandReply, CommandRequest
 
@@ -54,16 +55,14 @@ FROM (SELECT created_at FROM commands
 BROKER_UNAVAILABLE = "broker unavailable, command not sent"
 
 
-class DeviceDecommissioned(PulsewireError):
+class DeviceDecommissioned(Conflict):
     """The device was decommissioned: it takes no more commands."""
 
+    code = "decommissioned"
 
-class CommandLimitReached(PulsewireError):
+
+class CommandLimitReached(RateLimited):
     """The device's command budget for the window is spent; `retry_after_s` says when one frees up."""
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 class CommandService:

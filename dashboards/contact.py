@@ -1,17 +1,17 @@
 """Two-way contact about a device: provider → owner messages, owner appointment requests.
 
 Callers pass a device already checked by `queries.visible_device`; vendors never reach owner
-contact (403), owners see only what concerns them.
+contact (`Forbidden`), owners see only what concerns them.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from dashboards.auth import Principal
-from dashboards.errors import ApiError, forbidden, invalid, not_found
 from dashboards.models import AppointmentCreate, AppointmentUpdate, MessageCreate
-from dashboards.queries import AConn, PageRequest, Row, audit, require_role
+from dashboards.queries import PageRequest, audit, require_role
+from dashboards.types import AConn, Principal, Row
+from pulsewire.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 STAFF = ("admin", "provider_staff")
 _MESSAGE_COLUMNS = """m.message_id, m.device_id, m.owner_id, m.sender_id, u.display_name AS sender_name,
@@ -39,7 +39,7 @@ async def send_message(conn: AConn, p: Principal, device: Row, body: MessageCrea
     """A message from the provider to the device's owner."""
     require_role(p, STAFF, "message owners")
     if device["owner_id"] is None:
-        raise invalid("this device has no owner to message", code="no_owner")
+        raise InvalidInput("this device has no owner to message", code="no_owner")
     cur = await conn.execute(
         """INSERT INTO messages (device_id, owner_id, sender_id, subject, body)
            VALUES (%s, %s, %s, %s, %s) RETURNING message_id""",
@@ -56,7 +56,7 @@ async def send_message(conn: AConn, p: Principal, device: Row, body: MessageCrea
 async def list_messages(
     conn: AConn, p: Principal, device: Row, page: PageRequest, *, message_id: int | None = None
 ) -> list[Row]:
-    """Messages about the device: all for staff, their own for the owner, none for vendors (403)."""
+    """Messages about the device: all for staff, their own for the owner, none for vendors (Forbidden)."""
     require_role(p, (*STAFF, "owner"), "read owner messages")
     cur = await conn.execute(
         f"""SELECT {_MESSAGE_COLUMNS} FROM messages m LEFT JOIN users u ON u.user_id = m.sender_id
@@ -78,7 +78,7 @@ async def request_appointment(conn: AConn, p: Principal, device: Row, body: Appo
     """An owner asks their provider for an appointment about their device."""
     require_role(p, ("owner",), "request appointments")
     if body.requested_for <= datetime.now(UTC):
-        raise invalid("requested_for must be in the future", code="invalid_time")
+        raise InvalidInput("requested_for must be in the future", field="requested_for", code="invalid_time")
     cur = await conn.execute(
         f"""INSERT INTO appointments (device_id, owner_id, requested_by, requested_for, reason)
             VALUES (%s, %s, %s, %s, %s) RETURNING {_APPOINTMENT_COLUMNS}""",
@@ -91,7 +91,7 @@ async def request_appointment(conn: AConn, p: Principal, device: Row, body: Appo
 
 
 async def list_appointments(conn: AConn, p: Principal, device: Row, page: PageRequest) -> list[Row]:
-    """Appointments about the device: all for staff, their own for the owner, none for vendors (403)."""
+    """Appointments about the device: all for staff, their own for the owner, none for vendors (Forbidden)."""
     require_role(p, (*STAFF, "owner"), "see appointments")
     cur = await conn.execute(
         f"""SELECT {_APPOINTMENT_COLUMNS} FROM appointments
@@ -116,11 +116,13 @@ async def update_appointment(
     moves = _OWNER_MOVES if p.role == "owner" else _STAFF_MOVES
     allowed_any = set().union(*moves.values())
     if body.status not in allowed_any:
-        raise forbidden(f"a {p.role} may not set an appointment to {body.status}")
+        raise Forbidden(f"a {p.role} may not set an appointment to {body.status}")
     if body.status not in moves.get(current["status"], set()):
-        raise ApiError(409, f"cannot go from {current['status']} to {body.status}", code="invalid_transition")
+        raise Conflict(f"cannot go from {current['status']} to {body.status}", code="invalid_transition")
     if body.status == "proposed" and body.proposed_for is None:
-        raise invalid("proposing another time needs proposed_for", code="missing_time")
+        raise InvalidInput(
+            "proposing another time needs proposed_for", field="proposed_for", code="missing_time"
+        )
     proposed = body.proposed_for if body.status == "proposed" else current["proposed_for"]
     cur = await conn.execute(
         f"""UPDATE appointments SET status = %s, proposed_for = %s, note = %s, updated_by = %s,
@@ -141,5 +143,5 @@ async def _appointment(conn: AConn, p: Principal, device: Row, appointment_id: i
     )
     row = await cur.fetchone()
     if row is None:
-        raise not_found(f"appointment {appointment_id}")
+        raise NotFound(f"appointment {appointment_id} not found")
     return row

@@ -7,7 +7,6 @@ from contextlib import AbstractContextManager, asynccontextmanager, contextmanag
 from dataclasses import dataclass
 from typing import Annotated
 
-import psycopg
 import psycopg_pool
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -15,7 +14,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from dashboards.auth import (
     REFUSED,
     SESSION_COOKIE,
-    Principal,
     SessionConfig,
     csrf_valid,
     principal_from_session,
@@ -24,7 +22,9 @@ from dashboards.auth import (
 )
 from dashboards.errors import ApiError
 from dashboards.guards import CapReached, ConcurrencyCap
-from dashboards.queries import AConn, PageRequest
+from dashboards.queries import PageRequest
+from dashboards.types import AConn, Principal
+from pulsewire import db
 from pulsewire.errors import DatabaseError
 
 MAX_PAGE = 500
@@ -43,13 +43,14 @@ def get_session_config(request: Request) -> SessionConfig:
 
 
 async def get_conn(request: Request) -> AsyncIterator[AConn]:
-    """A pooled connection inside one transaction: committed when the route returns, else rolled back."""
+    """A pooled connection inside one transaction: committed when the route returns, else rolled back.
+
+    A driver error raised anywhere in the route passes through here and leaves as a
+    `pulsewire.errors` one (`pulsewire.db.converted`): no handler ever sees psycopg's.
+    """
     pool: psycopg_pool.AsyncConnectionPool[AConn] = request.app.state.pool
-    try:
-        async with pool.connection(timeout=5) as conn:
-            yield conn
-    except (psycopg_pool.PoolTimeout, psycopg.OperationalError) as exc:
-        raise DatabaseError(f"database unavailable: {exc}") from exc
+    async with db.borrowed(pool, timeout_s=5) as conn:
+        yield conn
 
 
 # The same, for code that takes a connection only for part of its work (sign-in, live streams).

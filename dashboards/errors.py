@@ -1,25 +1,38 @@
 """One error body for every 4xx/5xx: `{"error": {"code", "message", "details"}}`.
 
-Routes and queries raise `ApiError` (an HTTPException with a machine-readable code);
-validation errors, our own `PulsewireError`s and real bugs are mapped here, in one place.
+Data and domain code raises `pulsewire.errors`; `STATUS` below is the one table from error class
+to status, code and (for errors whose text may name hosts) the message a client gets. A class
+without a row of its own takes its nearest ancestor's. Route modules may raise `ApiError` for what
+only HTTP knows (credentials, CSRF); validation errors and real bugs are answered here too.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-import psycopg_pool
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from psycopg import DataError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pulsewire.errors import BrokerError, ConfigError, DatabaseError, PulsewireError, StackError
+from pulsewire.errors import (
+    BrokerError,
+    ConfigError,
+    Conflict,
+    DatabaseError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PulsewireError,
+    QueryTimeout,
+    RateLimited,
+    StackError,
+    Unavailable,
+)
 
 log = logging.getLogger("pulsewire.dashboards")
 
@@ -31,8 +44,68 @@ _DEFAULT_CODES = {
     405: "method_not_allowed",
     409: "conflict",
     422: "invalid_input",
+    429: "rate_limited",
     503: "unavailable",
 }
+# What a client is told when a dependency fails. The exception's own text stays in the log: a
+# driver's message names hosts, ports, users and file paths.
+DATABASE_UNAVAILABLE = "database unavailable"
+BROKER_UNAVAILABLE = "broker unavailable"
+
+
+@dataclass(frozen=True)
+class Status:
+    """How the API answers one kind of error."""
+
+    status: int
+    code: str
+    message: str | None = None  # said instead of the error's own text, which may name hosts
+
+
+STATUS: dict[type[PulsewireError], Status] = {
+    NotFound: Status(404, "not_found"),
+    Conflict: Status(409, "conflict"),
+    InvalidInput: Status(422, "invalid_input"),
+    Forbidden: Status(403, "forbidden"),
+    RateLimited: Status(429, "rate_limited"),
+    Unavailable: Status(503, "unavailable"),
+    DatabaseError: Status(503, "unavailable", DATABASE_UNAVAILABLE),
+    QueryTimeout: Status(503, "query_timeout"),  # its text says what to do, and names nothing
+    BrokerError: Status(503, "unavailable", BROKER_UNAVAILABLE),
+    StackError: Status(503, "unavailable", BROKER_UNAVAILABLE),
+    ConfigError: Status(503, "unavailable", "service misconfigured"),
+    # The documented default: an error raised on purpose but of no kind above is our bug.
+    PulsewireError: Status(500, "internal_error", "internal server error"),
+}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The response an error gets: status, body fields and headers."""
+
+    status: int
+    code: str
+    message: str
+    details: Any
+    headers: dict[str, str] | None
+
+
+def status_of(kind: type[PulsewireError]) -> Status:
+    """The row of `STATUS` for an error class: its own, or its nearest ancestor's."""
+    return next(STATUS[k] for k in kind.__mro__ if k in STATUS)
+
+
+def answer_for(exc: PulsewireError) -> Answer:
+    """How the API (and the web pages) answer this error."""
+    row = status_of(type(exc))
+    retry = getattr(exc, "retry_after_s", None)
+    return Answer(
+        status=row.status,
+        code=exc.code or row.code,
+        message=row.message or str(exc),
+        details=exc.details,
+        headers={"Retry-After": str(retry)} if retry is not None else None,
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -50,7 +123,7 @@ class ErrorBody(BaseModel):
 
 
 class ApiError(HTTPException):
-    """An error the API returns on purpose, with a machine-readable code."""
+    """An error only the HTTP layer knows (credentials, CSRF, caps), with a machine-readable code."""
 
     def __init__(
         self,
@@ -64,21 +137,6 @@ class ApiError(HTTPException):
         super().__init__(status_code=status_code, detail=message, headers=headers)
         self.code = code or _DEFAULT_CODES.get(status_code, "error")
         self.details = details
-
-
-def not_found(what: str) -> ApiError:
-    """404: the object does not exist, or belongs to another tenant (never say which)."""
-    return ApiError(404, f"{what} not found")
-
-
-def forbidden(message: str) -> ApiError:
-    """403: the caller may see the object but not do this to it."""
-    return ApiError(403, message)
-
-
-def invalid(message: str, *, code: str = "invalid_input", details: Any = None) -> ApiError:
-    """422: the request is well-formed but its values make no sense."""
-    return ApiError(422, message, code=code, details=details)
 
 
 def error_response(
@@ -114,36 +172,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_input", f"{where}: {message}" if where else message, details)
 
 
-# What a client is told when a dependency fails. The exception's own text stays in the log: a
-# driver's message names hosts, ports, users and file paths.
-DATABASE_UNAVAILABLE = "database unavailable"
-BROKER_UNAVAILABLE = "broker unavailable"
-_UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
-    (DatabaseError, DATABASE_UNAVAILABLE),
-    (psycopg.OperationalError, DATABASE_UNAVAILABLE),
-    (psycopg.InterfaceError, DATABASE_UNAVAILABLE),
-    (psycopg_pool.PoolTimeout, DATABASE_UNAVAILABLE),
-    (BrokerError, BROKER_UNAVAILABLE),
-    (StackError, BROKER_UNAVAILABLE),
-    (ConfigError, "service misconfigured"),
-)
-
-
-async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-    message = next(m for kind, m in _UNAVAILABLE if isinstance(exc, kind))
-    log.warning("%s on %s %s: %s", message, request.method, request.url.path, exc)
-    return error_response(503, "unavailable", message)
-
-
 async def _pulsewire_error(request: Request, exc: Exception) -> JSONResponse:
-    if any(isinstance(exc, kind) for kind, _ in _UNAVAILABLE):
-        return await _unavailable(request, exc)
-    return error_response(422, "invalid_input", str(exc))
-
-
-async def _data_error(request: Request, exc: Exception) -> JSONResponse:
-    # PostgreSQL refused a value (out-of-range time, NUL byte in text): the input's fault.
-    return error_response(422, "invalid_input", f"invalid value: {str(exc).splitlines()[0]}")
+    assert isinstance(exc, PulsewireError)
+    answer = answer_for(exc)
+    if answer.status >= 500:
+        log.warning("%s on %s %s: %r", answer.message, request.method, request.url.path, exc)
+    return error_response(answer.status, answer.code, answer.message, answer.details, answer.headers)
 
 
 async def _bug(request: Request, exc: Exception) -> JSONResponse:
@@ -157,11 +191,8 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     # Also under FastAPI's subclass, so the web pages can wrap it (HTML for browsers, JSON for /api).
     app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(PulsewireError, _pulsewire_error)
-    for kind in (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout):
-        app.add_exception_handler(kind, _unavailable)
     app.add_exception_handler(Exception, _bug)
 
 

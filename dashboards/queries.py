@@ -1,8 +1,9 @@
 """Tenant-scoped data access for the API routes and the web pages alike.
 
 Scoping happens here and nowhere else: every device-bound query starts from `visible_device`
-or `_DEVICE_SCOPE`, so a route cannot forget it. Another tenant's object is "not found";
-an object the caller sees but may not act on is "forbidden" (raised by `require_*`).
+or `_DEVICE_SCOPE`, so a route cannot forget it (which alerts a caller sees is `relay.visibility`).
+Another tenant's object is `NotFound`; an object the caller sees but may not act on is `Forbidden`
+(raised by `require_*`). Errors are `pulsewire.errors`; the dashboard maps them to statuses.
 
 Who sees which device::
 
@@ -17,19 +18,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from dashboards.errors import ApiError, forbidden, invalid, not_found
+from dashboards.types import AConn, Principal, Row
+from pulsewire.errors import Forbidden, InvalidInput, NotFound, QueryTimeout
+from relay.visibility import Viewer
 from schemas.catalogue import CATALOGUE, CLINICAL_EVENTS, DeviceKind, Metric, vendor_event_data
-
-if TYPE_CHECKING:
-    from dashboards.auth import Principal
-
-AConn = psycopg.AsyncConnection[dict[str, Any]]
-Row = dict[str, Any]
 
 MAX_BUCKETS = 1_000
 MAX_RAW_POINTS = 10_000
@@ -74,9 +71,25 @@ def sees_clinical_data(p: Principal) -> bool:
 
 
 def require_role(p: Principal, roles: tuple[str, ...], action: str) -> None:
-    """403 unless the caller's role may perform `action`."""
+    """Forbidden unless the caller's role may perform `action`."""
     if p.role not in roles:
-        raise forbidden(f"a {p.role} may not {action}")
+        raise Forbidden(f"a {p.role} may not {action}")
+
+
+_AUDIENCE_OF_ROLE = {
+    "provider_staff": "provider",
+    "vendor_staff": "vendor",
+    "owner": "owner",
+    "admin": "admin",
+}
+
+
+def viewer_of(p: Principal) -> Viewer:
+    """The caller as `relay.visibility` scopes alerts: its audience and its org or owner."""
+    audience = _AUDIENCE_OF_ROLE.get(p.role)
+    if audience is None:
+        raise Forbidden(f"a {p.role} sees no alerts")
+    return Viewer(audience, p.org_id, p.owner_id)
 
 
 @dataclass(frozen=True)
@@ -112,30 +125,39 @@ async def visible_device(conn: AConn, p: Principal, device_id: str) -> Row:
     )
     row = await cur.fetchone()
     if row is None:
-        raise not_found(f"device {device_id!r}")
+        raise NotFound(f"device {device_id!r} not found")
     return row
 
 
 def parse_bucket(text: str) -> timedelta:
-    """`30s`, `5m`, `1h`, `1d` as a timedelta; 422 otherwise."""
+    """`30s`, `5m`, `1h`, `1d` as a timedelta; InvalidInput otherwise."""
     match = _BUCKET.match(text.strip())
     if not match or int(match[1]) == 0:
-        raise invalid(f"bucket must look like 30s, 5m, 1h or 1d, got {text!r}", code="invalid_bucket")
+        raise InvalidInput(
+            f"bucket must look like 30s, 5m, 1h or 1d, got {text!r}", field="bucket", code="invalid_bucket"
+        )
     return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
 
 
 def readable_metrics(p: Principal, kind: str, requested: list[str]) -> list[Metric]:
-    """The catalogue entries the caller asked for (all it may see when none): 422 unknown, 403 clinical."""
+    """The catalogue entries the caller asked for (all it may see when none).
+
+    InvalidInput for an unknown metric, Forbidden for a clinical one asked by a vendor.
+    """
     catalogue = CATALOGUE[DeviceKind(kind)]
     if not requested:
         return [m for m in catalogue.values() if sees_clinical_data(p) or not m.clinical]
     unknown = [name for name in requested if name not in catalogue]
     if unknown:
-        raise invalid(f"unknown metric(s) for {kind} devices: {', '.join(unknown)}", code="unknown_metric")
+        raise InvalidInput(
+            f"unknown metric(s) for {kind} devices: {', '.join(unknown)}",
+            field="metric",
+            code="unknown_metric",
+        )
     chosen = [catalogue[name] for name in dict.fromkeys(requested)]
     hidden = [m.name for m in chosen if m.clinical and not sees_clinical_data(p)]
     if hidden:
-        raise forbidden(f"clinical metric(s) are not shown to a vendor: {', '.join(hidden)}")
+        raise Forbidden(f"clinical metric(s) are not shown to a vendor: {', '.join(hidden)}")
     return chosen
 
 
@@ -151,20 +173,20 @@ class ReadingsQuery:
     agg: str
 
     def check(self, *, now: datetime, retention: timedelta, max_buckets: int = MAX_BUCKETS) -> None:
-        """422, naming the field, on a reversed range, one beyond retention or too many buckets."""
+        """InvalidInput, naming the field, on a reversed range, one beyond retention or too many buckets."""
         if self.end <= self.start:
-            raise invalid("end must be after start", code="invalid_range", details={"field": "end"})
+            raise InvalidInput("end must be after start", field="end", code="invalid_range")
         # Nothing older than retention is kept, so a longer range only costs work (or partitions).
         earliest, latest = now - retention, now + READINGS_AHEAD
         if self.start < earliest:
-            raise invalid(
+            raise InvalidInput(
                 f"start: readings are kept {retention.days} days, so start must be at or after "
                 f"{earliest.isoformat(timespec='seconds')}",
                 code="invalid_range",
                 details={"field": "start", "earliest": earliest},
             )
         if self.end > latest:
-            raise invalid(
+            raise InvalidInput(
                 f"end: at most a day ahead, at or before {latest.isoformat(timespec='seconds')}",
                 code="invalid_range",
                 details={"field": "end", "latest": latest},
@@ -172,7 +194,7 @@ class ReadingsQuery:
         if self.bucket is not None:
             buckets = (self.end - self.start) / self.bucket
             if buckets > max_buckets:
-                raise invalid(
+                raise InvalidInput(
                     f"bucket: {int(buckets)} buckets asked, at most {max_buckets}: widen the bucket or "
                     "narrow the range",
                     code="too_many_buckets",
@@ -183,17 +205,15 @@ class ReadingsQuery:
 async def readings(conn: AConn, q: ReadingsQuery) -> tuple[list[Row], bool]:
     """Rows of (metric, ts, value, n), bucketed when asked; and whether raw points were capped.
 
-    A query that runs past the connection's statement timeout is a 503 that says so.
+    A query that runs past the connection's statement timeout is a QueryTimeout that says what to do.
     """
     try:
         return await _readings(conn, q)
     except psycopg.errors.QueryCanceled as exc:
-        raise ApiError(
-            503,
+        raise QueryTimeout(
             "the readings query took longer than this server allows and was cancelled: "
             "narrow the range or widen the bucket",
-            code="query_timeout",
-            headers={"Retry-After": "5"},
+            retry_after_s=5,
         ) from exc
 
 

@@ -9,12 +9,11 @@ from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from dashboards.api.common import device_view
-from dashboards.auth import Principal
-from dashboards.errors import ApiError, forbidden, invalid
 from dashboards.models import DecommissionPublic, DeviceCreate, DeviceCreated, DevicePublic
-from dashboards.queries import AConn, audit, require_role, visible_device
-from pulsewire import registry
-from pulsewire.errors import RegistryError, StackError
+from dashboards.queries import audit, require_role, visible_device
+from dashboards.types import AConn, Principal
+from pulsewire import db, registry
+from pulsewire.errors import Forbidden, InvalidInput, StackError
 
 log = logging.getLogger("pulsewire.dashboards.registration")
 
@@ -24,9 +23,9 @@ async def register_device(state: Any, conn: AConn, p: Principal, body: DeviceCre
     require_role(p, ("admin", "provider_staff"), "register devices")
     provider = body.provider_org_id or p.org_id
     if p.role == "provider_staff" and provider != p.org_id:
-        raise forbidden("provider staff register devices for their own org only")
+        raise Forbidden("provider staff register devices for their own org only")
     if provider is None:
-        raise invalid("provider_org_id is required", code="missing_provider")
+        raise InvalidInput("provider_org_id is required", field="provider_org_id", code="missing_provider")
     if body.owner_id is not None:
         await _require_owner_of(conn, body.owner_id, provider)
     sync_pool: ConnectionPool[registry.Conn] = state.sync_pool
@@ -49,30 +48,29 @@ async def _require_owner_of(conn: AConn, owner_id: int, provider: int) -> None:
         "SELECT 1 FROM owners WHERE owner_id = %s AND provider_org_id = %s", (owner_id, provider)
     )
     if await cur.fetchone() is None:
-        raise invalid(f"owner {owner_id} is not in the care of org {provider}", code="unknown_owner")
+        raise InvalidInput(
+            f"owner {owner_id} is not in the care of org {provider}", field="owner_id", code="unknown_owner"
+        )
 
 
 def _add_and_sync(
     pool: ConnectionPool[registry.Conn], state_dir: Any, body: DeviceCreate, provider: int
 ) -> tuple[registry.DeviceCredentials, bool]:
-    # The registry is synchronous; this runs in a worker thread with its own connection.
-    with pool.connection() as sync_conn:
-        try:
-            creds = registry.add_device(
-                sync_conn,
-                body.device_id,
-                kind=body.kind,
-                model=body.model,
-                provider_org_id=provider,
-                vendor_org_id=body.vendor_org_id,
-                serial=body.serial,
-                firmware=body.firmware,
-                owner_id=body.owner_id,
-                heartbeat_s=body.heartbeat_s,
-            )
-        except RegistryError as exc:
-            status = 409 if "already exists" in str(exc) else 422
-            raise ApiError(status, str(exc)) from exc
+    # The registry is synchronous; this runs in a worker thread with its own connection. Its
+    # refusals are pulsewire errors already: an existing id is a DuplicateRecord (a Conflict).
+    with db.borrowed_sync(pool) as sync_conn:
+        creds = registry.add_device(
+            sync_conn,
+            body.device_id,
+            kind=body.kind,
+            model=body.model,
+            provider_org_id=provider,
+            vendor_org_id=body.vendor_org_id,
+            serial=body.serial,
+            firmware=body.firmware,
+            owner_id=body.owner_id,
+            heartbeat_s=body.heartbeat_s,
+        )
         sync_conn.commit()
         return creds, registry.sync_broker_auth(sync_conn, state_dir)
 
@@ -90,11 +88,8 @@ async def decommission_device(state: Any, conn: AConn, p: Principal, device_id: 
 
 
 def _decommission_and_sync(pool: ConnectionPool[registry.Conn], state_dir: Any, device_id: str) -> bool:
-    with pool.connection() as sync_conn:
-        try:
-            registry.decommission_device(sync_conn, device_id)
-        except RegistryError as exc:
-            raise ApiError(404, str(exc)) from exc
+    with db.borrowed_sync(pool) as sync_conn:
+        registry.decommission_device(sync_conn, device_id)  # UnknownRecord: a NotFound
         sync_conn.commit()
         try:
             return registry.sync_broker_auth(sync_conn, state_dir)

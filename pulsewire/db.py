@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from pulsewire.errors import DatabaseError
+from pulsewire.errors import DatabaseError, InvalidInput, PulsewireError, QueryTimeout
 
 # Errors that mean "the server is not there right now": callers retry these with backoff.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
@@ -24,6 +24,51 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[dict[st
         return psycopg.connect(url, autocommit=autocommit, row_factory=dict_row, connect_timeout=10)
     except psycopg.Error as exc:
         raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
+
+
+def converted(exc: psycopg.Error | PoolTimeout) -> PulsewireError | None:
+    """The Pulsewire error a driver error stands for; None for a bug (bad SQL), which stays one.
+
+    A value PostgreSQL refused is the input's fault (`InvalidInput`); a cancelled statement is a
+    `QueryTimeout`; a server or pool that does not answer is a `DatabaseError`, whose text (hosts,
+    ports, users) is for the log only.
+    """
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return QueryTimeout("the statement ran past the statement timeout and was cancelled")
+    if isinstance(exc, psycopg.DataError):
+        return InvalidInput(f"invalid value: {str(exc).splitlines()[0]}")
+    if isinstance(exc, psycopg.IntegrityError):
+        # A reference or constraint the caller's code did not check itself.
+        return InvalidInput(str(exc).splitlines()[0], code="constraint_violation")
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout):
+        return DatabaseError(f"database unavailable: {exc}")
+    return None
+
+
+@contextmanager
+def errors_converted() -> Iterator[None]:
+    """Re-raise driver errors from the block as `converted` says (`from` the original)."""
+    try:
+        yield
+    except (psycopg.Error, PoolTimeout) as exc:
+        if (error := converted(exc)) is None:
+            raise
+        raise error from exc
+
+
+@asynccontextmanager
+async def borrowed(pool: AsyncConnectionPool[Any], timeout_s: float) -> AsyncIterator[Any]:
+    """A pooled connection for the block; driver errors raised in it come out converted."""
+    with errors_converted():
+        async with pool.connection(timeout=timeout_s) as conn:
+            yield conn
+
+
+@contextmanager
+def borrowed_sync(pool: ConnectionPool[Any]) -> Iterator[Any]:
+    """The same for a synchronous pool (worker threads of the dashboard)."""
+    with errors_converted(), pool.connection() as conn:
+        yield conn
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from pulsewire.brokerauth import hash_password as hash_mqtt_password
 from pulsewire.brokerauth import new_password
-from pulsewire.errors import RegistryError
+from pulsewire.errors import DuplicateRecord, InvalidRecord, UnknownRecord
 
 Conn = psycopg.Connection[dict[str, Any]]
 ORG_KINDS = ("provider", "vendor", "operator")
@@ -45,7 +45,7 @@ class DeviceCredentials:
 def add_org(conn: Conn, name: str, kind: str) -> int:
     """Create an organisation; returns its id."""
     if kind not in ORG_KINDS:
-        raise RegistryError(f"org kind must be one of {', '.join(ORG_KINDS)}, got {kind!r}")
+        raise InvalidRecord(f"org kind must be one of {', '.join(ORG_KINDS)}, got {kind!r}")
     row = _insert(
         conn,
         "INSERT INTO orgs (name, kind) VALUES (%s, %s) RETURNING org_id",
@@ -92,10 +92,10 @@ def add_device(
 ) -> DeviceCredentials:
     """Register a device and create its MQTT credentials, returned once."""
     if is_reserved_device_id(device_id):
-        raise RegistryError(f"device_id {device_id!r} is reserved: ids starting with "
+        raise InvalidRecord(f"device_id {device_id!r} is reserved: ids starting with "
                             f"{RESERVED_DEVICE_ID_PREFIX!r} name service logins")  # fmt: skip
     if kind not in DEVICE_KINDS:
-        raise RegistryError(f"device kind must be one of {', '.join(DEVICE_KINDS)}, got {kind!r}")
+        raise InvalidRecord(f"device kind must be one of {', '.join(DEVICE_KINDS)}, got {kind!r}")
     _require_org(conn, provider_org_id, "provider")
     _require_org(conn, vendor_org_id, "vendor")
     password = password or new_password()
@@ -130,7 +130,7 @@ def reset_device_password(conn: Conn, device_id: str) -> DeviceCredentials:
         (hash_mqtt_password(password), device_id),
     )
     if cur.rowcount != 1:
-        raise RegistryError(f"no device in service with id {device_id!r}")
+        raise UnknownRecord(f"no device in service with id {device_id!r}")
     return DeviceCredentials(device_id, device_id, password)
 
 
@@ -147,7 +147,7 @@ def decommission_device(conn: Conn, device_id: str) -> datetime:
             (device_id,),
         ).fetchone()
         if row is None:
-            raise RegistryError(f"no device with id {device_id!r}")
+            raise UnknownRecord(f"no device with id {device_id!r}")
         conn.execute(
             """UPDATE commands SET status = 'failed', detail = 'device decommissioned', finished_at = now()
                WHERE device_id = %s AND status IN ('pending', 'sent', 'acknowledged')""",
@@ -188,11 +188,11 @@ def add_user(
 ) -> int:
     """Create a user; `password` (optional) enables web login. Returns the user id."""
     if role not in ROLES:
-        raise RegistryError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        raise InvalidRecord(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     if role in ("provider_staff", "vendor_staff") and org_id is None:
-        raise RegistryError(f"a {role} user needs an org")
+        raise InvalidRecord(f"a {role} user needs an org")
     if role == "owner" and owner_id is None:
-        raise RegistryError("an owner user needs an owner record")
+        raise InvalidRecord("an owner user needs an owner record")
     if org_id is not None:
         _require_org(conn, org_id, {"provider_staff": "provider", "vendor_staff": "vendor"}.get(role))
     row = _insert(
@@ -238,10 +238,10 @@ def issue_token(conn: Conn, user_id: int, name: str = "api", *, expires_at: date
 
 
 def user_id_by_email(conn: Conn, email: str) -> int:
-    """The id of the user with this e-mail; RegistryError when there is none."""
+    """The id of the user with this e-mail; UnknownRecord when there is none."""
     row = conn.execute("SELECT user_id FROM users WHERE email = %s", (email.strip().lower(),)).fetchone()
     if row is None:
-        raise RegistryError(f"no user with e-mail {email!r}")
+        raise UnknownRecord(f"no user with e-mail {email!r}")
     return int(row["user_id"])
 
 
@@ -260,7 +260,7 @@ def set_user_disabled(conn: Conn, user_id: int, disabled: bool) -> dict[str, Any
             {"user_id": user_id, "disabled": disabled},
         ).fetchone()
         if row is None:
-            raise RegistryError(f"no user with id {user_id}")
+            raise UnknownRecord(f"no user with id {user_id}")
         if disabled:
             conn.execute("DELETE FROM web_sessions WHERE user_id = %s", (user_id,))
     return dict(row)
@@ -288,9 +288,9 @@ def list_rows(conn: Conn, table: str) -> list[dict[str, Any]]:
 def _require_org(conn: Conn, org_id: int, kind: str | None) -> None:
     row = conn.execute("SELECT kind FROM orgs WHERE org_id = %s", (org_id,)).fetchone()
     if row is None:
-        raise RegistryError(f"no org with id {org_id}")
+        raise InvalidRecord(f"no org with id {org_id}")
     if kind is not None and row["kind"] != kind:
-        raise RegistryError(f"org {org_id} is a {row['kind']}, not a {kind}")
+        raise InvalidRecord(f"org {org_id} is a {row['kind']}, not a {kind}")
 
 
 def _insert(conn: Conn, query: str, params: Iterable[Any], *, conflict: str = "") -> dict[str, Any]:
@@ -298,9 +298,9 @@ def _insert(conn: Conn, query: str, params: Iterable[Any], *, conflict: str = ""
         with conn.transaction():
             row = conn.execute(query.encode(), tuple(params)).fetchone()
     except psycopg.errors.UniqueViolation as exc:
-        raise RegistryError(conflict or str(exc)) from exc
+        raise DuplicateRecord(conflict or str(exc)) from exc
     except (psycopg.errors.CheckViolation, psycopg.errors.ForeignKeyViolation) as exc:
-        raise RegistryError(str(exc).splitlines()[0]) from exc
+        raise InvalidRecord(str(exc).splitlines()[0]) from exc
     assert row is not None
     return row
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from pulsewire.errors import PulsewireError
+from pulsewire.errors import InvalidInput
 from pulsewire.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -30,7 +30,7 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _RESOLVER = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pulsewire-dns")
 
 
-class EgressRefused(PulsewireError):
+class EgressRefused(InvalidInput):
     """A webhook URL or destination the policy refuses; the message says why."""
 
 

@@ -18,7 +18,7 @@ import re2
 import yaml
 from psycopg.types.json import Jsonb
 
-from pulsewire.errors import PulsewireError
+from pulsewire.errors import InvalidInput
 from relay.faults import RuleFault
 from schemas.catalogue import CATALOGUE, EVENT_TYPES, DeviceKind, is_clinical_event, metric_for
 
@@ -82,12 +82,11 @@ _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a bad pattern is the caller's error, answered; not the log's
 
 
-class RuleError(PulsewireError):
+class RuleError(InvalidInput):
     """A rule definition is invalid; `field` names the offending field (`params.match.code`)."""
 
     def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
+        super().__init__(f"{field}: {problem}", field=field)
 
 
 @dataclass(frozen=True)

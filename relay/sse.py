@@ -1,9 +1,9 @@
 """Live alert views for the dashboards' SSE streams: one LISTEN per process, fanned out in memory.
 
 Alert writes notify `pulsewire_alerts` inside their transaction (delivered at commit) with the
-alert id and its orgs. An `AlertHub` holds the process's one listening connection (and one to read
-with), keeps the notifications some subscriber's org and audience should see, reads the alert once
-and hands each subscriber its own audience's view, so nothing another audience may not see ever
+alert id, its orgs and class. An `AlertHub` holds the process's one listening connection (and one
+to read with), keeps the notifications some subscriber may see (`relay.visibility`), reads the
+alert once and hands each subscriber its own view of it, so nothing a viewer may not see ever
 leaves the database for it. However many streams are open, the hub holds two connections.
 
 Each subscriber has a bounded queue: one too slow to keep up is ended (its client reconnects)
@@ -23,8 +23,10 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from pulsewire.errors import RateLimited
 from pulsewire.wire import ALERTS_CHANNEL
-from relay.views import ALERT_SELECT, view_for
+from relay.views import ALERT_SELECT, view_as
+from relay.visibility import Viewer, may_see
 
 log = logging.getLogger("pulsewire.relay.sse")
 
@@ -32,17 +34,20 @@ Item = dict[str, Any]
 READY: Item = {"event": "ready", "alert": None}
 _BACKOFF_MIN_S = 0.5
 _BACKOFF_MAX_S = 10.0
+_RETRY_AFTER_S = 30  # what a refused stream is told: long enough for a closed tab's stream to end
 
 
-class StreamLimitReached(Exception):
+class StreamLimitReached(RateLimited):
     """A new stream would exceed the per-user or the overall cap."""
+
+    code = "too_many_streams"
 
 
 class Subscription:
     """One stream's feed: `await get()` gives `READY`, then `{"event", "alert"}` items; None at the end."""
 
-    def __init__(self, hub: AlertHub, user_id: int, org_id: int, audience: str, queue_max: int) -> None:
-        self.user_id, self.org_id, self.audience = user_id, org_id, audience
+    def __init__(self, hub: AlertHub, user_id: int, viewer: Viewer, queue_max: int) -> None:
+        self.user_id, self.viewer = user_id, viewer
         self._hub = hub
         self._queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=queue_max)
         self.ended = False
@@ -71,12 +76,6 @@ class Subscription:
         while not self._queue.empty():  # the end marker must fit; what it replaces is moot now
             self._queue.get_nowait()
         self._queue.put_nowait(None)
-
-
-def _is_for(note: Item, org_id: int, audience: str) -> bool:
-    if audience == "provider":
-        return bool(note.get("provider_org_id") == org_id)
-    return note.get("vendor_org_id") == org_id and note.get("class") == "technical"
 
 
 async def _connect(database_url: str) -> psycopg.AsyncConnection[Item]:
@@ -112,15 +111,19 @@ class AlertHub:
         self._per_user: dict[int, int] = {}
         self.listening = False
 
-    def subscribe(self, user_id: int, org_id: int, audience: str) -> Subscription:
-        """A new feed for (org, audience); StreamLimitReached beyond either cap."""
+    def subscribe(self, user_id: int, viewer: Viewer) -> Subscription:
+        """A new feed of the alerts `viewer` sees; StreamLimitReached beyond either cap."""
         if len(self._subs) >= self._streams_max:
-            raise StreamLimitReached(f"this server has its maximum of {self._streams_max} live streams open")
+            raise StreamLimitReached(
+                f"this server has its maximum of {self._streams_max} live streams open",
+                retry_after_s=_RETRY_AFTER_S,
+            )
         if self._per_user.get(user_id, 0) >= self._per_user_max:
             raise StreamLimitReached(
-                f"at most {self._per_user_max} live streams per user: close another tab or stream first"
+                f"at most {self._per_user_max} live streams per user: close another tab or stream first",
+                retry_after_s=_RETRY_AFTER_S,
             )
-        sub = Subscription(self, user_id, org_id, audience, self._queue_max)
+        sub = Subscription(self, user_id, viewer, self._queue_max)
         self._subs.add(sub)
         self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
         if self.listening:
@@ -186,16 +189,16 @@ class AlertHub:
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed alert notification")
             return
-        targets = [s for s in self._subs if _is_for(note, s.org_id, s.audience)]
+        targets = [s for s in self._subs if may_see(s.viewer, note)]
         if not targets:
             return
         cur = await reader.execute(ALERT_SELECT + " WHERE a.alert_id = %s", (alert_id,))
         row = await cur.fetchone()
         if row is None:
             return
-        views = {audience: view_for(row, audience) for audience in {s.audience for s in targets}}
+        views = {viewer: view_as(viewer, row) for viewer in {s.viewer for s in targets}}
         for sub in targets:
-            view = views[sub.audience]
+            view = views[sub.viewer]
             if view is not None:
                 sub._offer({"event": note.get("event"), "alert": view})
 
@@ -206,14 +209,14 @@ class AlertHub:
             sub.close()
 
 
-async def subscribe(database_url: str, org_id: int, audience: str) -> AsyncIterator[Item]:
+async def subscribe(database_url: str, viewer: Viewer) -> AsyncIterator[Item]:
     """One feed with a hub of its own (tools, tests); the dashboard shares one `AlertHub` instead.
 
     The first item is `{"event": "ready", "alert": None}`, once LISTEN is in place: every alert that
     commits after it is delivered, so a client can tell "connected" from "listening".
     """
     async with AlertHub(database_url).running() as hub:
-        sub = hub.subscribe(0, org_id, audience)
+        sub = hub.subscribe(0, viewer)
         try:
             while (item := await sub.get()) is not None:
                 yield item

@@ -1,9 +1,10 @@
-"""What the REST API calls: alerts, webhooks, deliveries and rules, scoped to one org and audience.
+"""What the REST API calls: alerts, webhooks, deliveries and rules, scoped to the caller.
 
-Every function takes an autocommit connection and an org id; an object of another org is
-`NotFound` (the API answers 404, never 403). Vendors (audience "vendor") see only technical alerts,
-as their minimal view; only the provider acknowledges and resolves. Bad input raises `InvalidInput`
-(or `RuleError`), a state that forbids the change raises `Conflict`: the API maps them to 4xx.
+Every function takes an autocommit connection and the caller's scope: a `Viewer` for alerts
+(`relay.visibility` decides which it sees), an org id for the rest. An object out of scope is
+`NotFound` (the API answers 404, never 403). Vendors see only technical alerts, as their minimal
+view; only the provider acknowledges and resolves. Bad input raises `InvalidInput` (or its
+`RuleError`), a state that forbids the change raises `Conflict` (`pulsewire.errors`).
 """
 
 from __future__ import annotations
@@ -13,41 +14,21 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from pulsewire.errors import PulsewireError
-from relay import alerts
+from pulsewire.errors import Conflict, InvalidInput, NotFound
+from relay import alerts, visibility
 from relay.egress import EgressPolicy, EgressRefused, check_destination
 from relay.rules import RuleError, derived_class, validate
 from relay.signing import new_secret
-from relay.views import ALERT_SELECT, AUDIENCES, provider_view, view_for
+from relay.views import ALERT_SELECT, view_as
+from relay.visibility import Viewer
 
 Conn = psycopg.Connection[dict[str, Any]]
-__all__ = ["Conflict", "InvalidInput", "NotFound", "RuleError"]
-
-
-class NotFound(PulsewireError):
-    """No such object in the caller's org."""
-
-
-class Conflict(PulsewireError):
-    """The object's state does not allow the change (e.g. acknowledging a resolved alert)."""
-
-
-class InvalidInput(PulsewireError):
-    """A value the caller sent is not acceptable; the message says which and why."""
-
-
-def _scope(org_id: int, audience: str) -> tuple[str, list[Any]]:
-    if audience not in AUDIENCES:
-        raise InvalidInput(f"audience must be provider or vendor, got {audience!r}")
-    if audience == "provider":
-        return "a.provider_org_id = %s", [org_id]
-    return "a.vendor_org_id = %s AND a.class = 'technical'", [org_id]
+__all__ = ["Conflict", "InvalidInput", "NotFound", "RuleError", "Viewer"]
 
 
 def list_alerts(
     conn: Conn,
-    org_id: int,
-    audience: str,
+    viewer: Viewer,
     *,
     state: str | None = None,
     severity: str | None = None,
@@ -55,26 +36,26 @@ def list_alerts(
     limit: int = 100,
     before_id: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The org's alerts as its audience sees them, newest first (`before_id` pages back)."""
-    where, params = _scope(org_id, audience)
-    for column, value in (("a.state", state), ("a.severity", severity), ("a.device_id", device_id)):
+    """The alerts the viewer sees, in its view, newest first (`before_id` pages back)."""
+    where, params = visibility.sql(viewer)
+    for name, value in (("state", state), ("severity", severity), ("device_id", device_id)):
         if value is not None:
-            where += f" AND {column} = %s"
-            params.append(value)
+            where += f" AND a.{name} = %({name})s"
+            params[name] = value
     if before_id is not None:
-        where += " AND a.alert_id < %s"
-        params.append(before_id)
-    params.append(max(1, min(limit, 1000)))
-    rows = conn.execute(ALERT_SELECT + f" WHERE {where} ORDER BY a.alert_id DESC LIMIT %s", params)
-    return [v for r in rows if (v := view_for(r, audience)) is not None]
+        where += " AND a.alert_id < %(before_id)s"
+        params["before_id"] = before_id
+    params["limit"] = max(1, min(limit, 1000))
+    rows = conn.execute(ALERT_SELECT + f" WHERE {where} ORDER BY a.alert_id DESC LIMIT %(limit)s", params)
+    return [v for r in rows if (v := view_as(viewer, r)) is not None]
 
 
-def get_alert(conn: Conn, org_id: int, audience: str, alert_id: int) -> dict[str, Any]:
-    """One alert as the audience sees it; the provider's view carries its history."""
-    row = _alert_row(conn, org_id, audience, alert_id)
-    view = view_for(row, audience)
+def get_alert(conn: Conn, viewer: Viewer, alert_id: int) -> dict[str, Any]:
+    """One alert in the viewer's view; the provider's view carries its history."""
+    row = _alert_row(conn, viewer, alert_id)
+    view = view_as(viewer, row)
     assert view is not None
-    if audience == "provider":
+    if viewer.view == "provider":
         view["history"] = [
             {
                 "at": h["at"].isoformat(),
@@ -90,9 +71,11 @@ def get_alert(conn: Conn, org_id: int, audience: str, alert_id: int) -> dict[str
     return view
 
 
-def _alert_row(conn: Conn, org_id: int, audience: str, alert_id: int) -> dict[str, Any]:
-    where, params = _scope(org_id, audience)
-    row = conn.execute(ALERT_SELECT + f" WHERE a.alert_id = %s AND {where}", [alert_id, *params]).fetchone()
+def _alert_row(conn: Conn, viewer: Viewer, alert_id: int) -> dict[str, Any]:
+    where, params = visibility.sql(viewer)
+    row = conn.execute(
+        ALERT_SELECT + f" WHERE a.alert_id = %(alert_id)s AND {where}", params | {"alert_id": alert_id}
+    ).fetchone()
     if row is None:
         raise NotFound(f"no alert {alert_id}")
     return row
@@ -110,7 +93,8 @@ def resolve(conn: Conn, org_id: int, alert_id: int, user_id: int) -> dict[str, A
 
 def _change(conn: Conn, org_id: int, alert_id: int, user_id: int, action: str) -> dict[str, Any]:
     with conn.transaction():
-        row = _alert_row(conn, org_id, "provider", alert_id)
+        provider = Viewer("provider", org_id)
+        row = _alert_row(conn, provider, alert_id)
         if not alerts.set_state(conn, alert_id, action, user_id, f"user:{user_id}"):
             raise Conflict(f"alert {alert_id} is {row['state']}; it cannot be {action}")
         if action == "resolved":
@@ -118,8 +102,9 @@ def _change(conn: Conn, org_id: int, alert_id: int, user_id: int, action: str) -
         else:
             alerts.notify(conn, row, action)
         new = conn.execute(ALERT_SELECT + " WHERE a.alert_id = %s", (alert_id,)).fetchone()
-    assert new is not None
-    return provider_view(new)
+    view = view_as(provider, new) if new is not None else None
+    assert view is not None
+    return view
 
 
 _WEBHOOK_COLUMNS = "webhook_id, org_id, url, enabled, created_at"
@@ -130,7 +115,7 @@ def _checked_url(url: str, egress: EgressPolicy | None) -> str:
     try:
         check_destination(url, egress or EgressPolicy.from_env())
     except EgressRefused as exc:
-        raise InvalidInput(f"url: the webhook URL {exc}") from exc
+        raise InvalidInput(f"url: the webhook URL {exc}", field="url") from exc
     return url
 
 

@@ -1,5 +1,6 @@
 """What each audience may see of an alert.
 
+Which alerts a viewer sees at all is `relay.visibility`; this module says what they see of one.
 The provider (clinic or garage) sees the whole alert, the device and the owner's name. The vendor
 sees only technical alerts, as its own minimal object built field by field (never by deleting keys
 from the provider's view): alert id, rule, severity, device serial, model, firmware and technical
@@ -12,9 +13,10 @@ import json
 from datetime import datetime
 from typing import Any
 
+from relay.visibility import Viewer, sees
 from schemas.catalogue import CLINICAL_EVENTS, is_clinical_metric, vendor_event_data
 
-AUDIENCES = ("provider", "vendor")
+AUDIENCES = ("provider", "vendor")  # the views there are; an admin or owner gets the provider's
 
 # One query shape for every view: the alert with its device and owner.
 ALERT_SELECT = """
@@ -89,10 +91,8 @@ def technical_values(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def vendor_view(row: dict[str, Any]) -> dict[str, Any] | None:
-    """The vendor's minimal object, or None for a clinical alert (vendors never see those)."""
-    if row["class"] != "technical":
-        return None
+def vendor_view(row: dict[str, Any]) -> dict[str, Any]:
+    """The vendor's minimal object of an alert it may see (`view_as` checks that first)."""
     return {
         "alert_id": row["alert_id"],
         "rule_key": row["rule_key"],
@@ -114,9 +114,17 @@ def vendor_view(row: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def view_as(viewer: Viewer, row: dict[str, Any]) -> dict[str, Any] | None:
+    """What `viewer` sees of an alert row, or None when it may not see the alert at all."""
+    if not sees(viewer, row):
+        return None
+    return vendor_view(row) if viewer.view == "vendor" else provider_view(row)
+
+
 def view_for(row: dict[str, Any], audience: str) -> dict[str, Any] | None:
-    """The audience's view of an alert row, or None when that audience may not see it."""
-    return provider_view(row) if audience == "provider" else vendor_view(row)
+    """The view of the alert's own `audience` org ("provider" or "vendor"), as its webhooks, MQTT
+    topic and e-mail carry it; None when that org may not see the alert (a vendor, a clinical one)."""
+    return view_as(Viewer(audience, int(row[f"{audience}_org_id"])), row)
 
 
 def message(event: str, view: dict[str, Any]) -> str:

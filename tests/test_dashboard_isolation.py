@@ -26,6 +26,7 @@ from pulsewire import registry
 from pulsewire.db import connect
 from pulsewire.settings import Settings
 from relay.sse import READY, AlertHub
+from relay.visibility import Viewer
 from tests.fix_api import ApiServer, Users, assert_error
 from tests.fix_browser import insert_alert
 from tests.fix_db import World
@@ -222,8 +223,8 @@ def test_stream_ends_at_logout(server: ApiServer, users: Users, world: World) ->
 
 async def test_hub_ends_a_slow_subscriber_and_keeps_the_others(world: World, users: Users) -> None:
     async with AlertHub(world.db_url, queue_max=2).running() as hub:
-        slow = hub.subscribe(1, world.clinic_id, "provider")
-        fast = hub.subscribe(2, world.clinic_id, "provider")
+        slow = hub.subscribe(1, Viewer("provider", world.clinic_id))
+        fast = hub.subscribe(2, Viewer("provider", world.clinic_id))
         assert await asyncio.wait_for(fast.get(), 10) == READY
         for _ in range(4):
             alert_id = await asyncio.to_thread(
@@ -237,7 +238,7 @@ async def test_hub_ends_a_slow_subscriber_and_keeps_the_others(world: World, use
 
 async def test_hub_survives_its_connection_being_killed(world: World, users: Users) -> None:
     async with AlertHub(world.db_url).running() as hub:
-        first = hub.subscribe(1, world.clinic_id, "provider")
+        first = hub.subscribe(1, Viewer("provider", world.clinic_id))
         assert await asyncio.wait_for(first.get(), 10) == READY
         with connect(world.db_url, autocommit=True) as c:
             c.execute(
@@ -245,7 +246,7 @@ async def test_hub_survives_its_connection_being_killed(world: World, users: Use
                 " AND query LIKE 'LISTEN pulsewire_alerts%%' AND pid <> pg_backend_pid()"
             )
         assert await asyncio.wait_for(first.get(), 10) is None  # ended: its notifications may be lost
-        second = hub.subscribe(1, world.clinic_id, "provider")
+        second = hub.subscribe(1, Viewer("provider", world.clinic_id))
         assert await asyncio.wait_for(second.get(), 15) == READY  # reconnected by itself
         alert_id = await asyncio.to_thread(
             insert_alert, world.db_url, users.own_device, f"implant.isolation_{next(_rule_keys)}"

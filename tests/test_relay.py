@@ -108,9 +108,9 @@ def test_clinical_alert_goes_to_provider_only(conn: Conn, world: World, db_url: 
         "clinical",
     )
     assert {o["audience"] for o in _outbox(conn, alert["alert_id"])} == {"provider"}
-    assert store.list_alerts(conn, world.implant_vendor_id, "vendor", device_id="icd-shock") == []
+    assert store.list_alerts(conn, store.Viewer("vendor", world.implant_vendor_id), device_id="icd-shock") == []
     with pytest.raises(store.NotFound):
-        store.get_alert(conn, world.implant_vendor_id, "vendor", alert["alert_id"])
+        store.get_alert(conn, store.Viewer("vendor", world.implant_vendor_id), alert["alert_id"])
 
 
 def test_repeated_events_update_the_open_alert(conn: Conn, world: World, db_url: str) -> None:
@@ -257,13 +257,13 @@ def test_store_ack_resolve_history_and_tenancy(conn: Conn, world: World, db_url:
         store.acknowledge(conn, world.garage_id, aid, user["user_id"])
     view = store.resolve(conn, world.garage_id, aid, user["user_id"])
     assert view["state"] == "resolved" and view["resolved_by"] == user["user_id"]
-    history = store.get_alert(conn, world.garage_id, "provider", aid)["history"]
+    history = store.get_alert(conn, store.Viewer("provider", world.garage_id), aid)["history"]
     assert [(h["action"], h["actor"]) for h in history][1:] == [
         ("acknowledged", f"user:{user['user_id']}"),
         ("resolved", f"user:{user['user_id']}"),
     ]
     assert [
-        a["alert_id"] for a in store.list_alerts(conn, world.garage_id, "provider", device_id="veh-store")
+        a["alert_id"] for a in store.list_alerts(conn, store.Viewer("provider", world.garage_id), device_id="veh-store")
     ] == [aid]
 
 

@@ -149,7 +149,7 @@ def test_mqtt_vendor_copy_carries_no_owner_or_clinical_data(
     assert [b["alert"]["rule_key"] for b in vendor] == ["implant.lead_impedance_range"]
     for body in vendor:
         assert_vendor_safe(body)
-    for view in store.list_alerts(conn, world.implant_vendor_id, "vendor"):
+    for view in store.list_alerts(conn, store.Viewer("vendor", world.implant_vendor_id)):
         assert_vendor_safe(view)
 
 
@@ -274,8 +274,8 @@ def test_email_over_a_real_smtp_server(conn: Conn, world: World, settings: Setti
 
 async def test_sse_feed_gives_each_audience_its_view(world: World, db_url: str) -> None:
     await asyncio.to_thread(world.add_device, "icd-sse")
-    vendor_feed = sse.subscribe(db_url, world.implant_vendor_id, "vendor")
-    provider_feed = sse.subscribe(db_url, world.clinic_id, "provider")
+    vendor_feed = sse.subscribe(db_url, store.Viewer("vendor", world.implant_vendor_id))
+    provider_feed = sse.subscribe(db_url, store.Viewer("provider", world.clinic_id))
     assert (await anext(vendor_feed))["event"] == "ready"  # both LISTEN before the alerts commit
     assert (await anext(provider_feed))["event"] == "ready"
     first_vendor = asyncio.ensure_future(anext(vendor_feed))

@@ -10,8 +10,8 @@ from dashboards import accounts
 from dashboards.api import API_PREFIX
 from dashboards.api.common import page_of
 from dashboards.deps import Conn, CurrentPrincipal, Paging
-from dashboards.errors import not_found
 from dashboards.models import MePublic, Page, TokenCreate, TokenCreated, TokenPublic
+from pulsewire.errors import NotFound
 
 router = APIRouter(prefix=API_PREFIX, tags=["account"])
 
@@ -40,4 +40,4 @@ async def create_token(principal: CurrentPrincipal, conn: Conn, body: TokenCreat
 async def revoke_token(principal: CurrentPrincipal, conn: Conn, token_id: int) -> None:
     """Revoke one of the caller's tokens; it stops working at once."""
     if not await accounts.revoke_token(conn, principal, token_id):
-        raise not_found(f"token {token_id}")
+        raise NotFound(f"token {token_id} not found")

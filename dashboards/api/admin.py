@@ -11,7 +11,8 @@ from dashboards.api import API_PREFIX
 from dashboards.api.common import BigId, page_of
 from dashboards.deps import Conn, CurrentPrincipal, Paging
 from dashboards.models import DecommissionPublic, Page, QuarantinePublic, UserPublic
-from dashboards.queries import Row, quarantine
+from dashboards.queries import quarantine
+from dashboards.types import Row
 
 router = APIRouter(prefix=API_PREFIX, tags=["admin"])
 

@@ -1,4 +1,8 @@
-"""Alerts: the caller's inbox (provider: all of its org's; vendor: technical ones), ack, resolve, live SSE."""
+"""Alerts: the caller's inbox, ack, resolve, live SSE.
+
+Which alerts a caller sees is `relay.visibility` (provider: its org's; vendor: technical ones of
+its devices; admin: all), the same for the list, one alert and the live stream.
+"""
 
 from __future__ import annotations
 
@@ -15,29 +19,18 @@ from starlette.background import BackgroundTask
 from dashboards import relay_bridge
 from dashboards.api import API_PREFIX
 from dashboards.api.common import BigId
-from dashboards.auth import Principal
 from dashboards.deps import Conn, Credential, CurrentPrincipal, still_valid
-from dashboards.errors import ApiError, ErrorBody, forbidden, not_found
+from dashboards.errors import ErrorBody
 from dashboards.models_relay import AlertPage, AlertState, AlertView, Severity
-from dashboards.queries import AConn, alert_provider_org, provider_org_ids
+from dashboards.queries import alert_provider_org
+from dashboards.types import AConn, Principal
+from pulsewire.errors import Forbidden, NotFound
 from relay import sse, store
 
 router = APIRouter(prefix=API_PREFIX, tags=["alerts"])
 HEARTBEAT_S = 15.0
 _IDLE: dict[str, Any] = {"event": "idle"}  # nothing came within the wait: time to check or beat
 _views: TypeAdapter[AlertView] = TypeAdapter(AlertView)
-
-
-async def _scope_for(conn: AConn, p: Principal, alert_id: int) -> tuple[int, str]:
-    """(org, audience) to read one alert with: admins read it as its provider."""
-    if p.role == "admin":
-        org = await alert_provider_org(conn, alert_id)
-        if org is None:
-            raise not_found(f"alert {alert_id}")
-        return org, "provider"
-    audience = relay_bridge.audience_of(p)
-    assert p.org_id is not None
-    return p.org_id, audience
 
 
 @router.get("/alerts")
@@ -53,26 +46,16 @@ async def list_alerts(
     before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
 ) -> AlertPage:
     """The caller's alerts, newest first, filtered by state, severity or device."""
-    if principal.role == "admin":
-        scopes = [(org, "provider") for org in await provider_org_ids(conn)]
-    else:
-        audience = relay_bridge.audience_of(principal)
-        assert principal.org_id is not None
-        scopes = [(principal.org_id, audience)]
-    views: list[dict[str, Any]] = []
-    for org, audience in scopes:
-        views += await relay_bridge.call(
-            request.app.state.sync_pool,
-            store.list_alerts,
-            org,
-            audience,
-            state=state,
-            severity=severity,
-            device_id=device_id,
-            limit=limit,
-            before_id=before_id,
-        )
-    views = sorted(views, key=lambda v: -int(v["alert_id"]))[:limit]
+    views: list[dict[str, Any]] = await relay_bridge.call(
+        request.app.state.sync_pool,
+        store.list_alerts,
+        relay_bridge.inbox_viewer(principal),
+        state=state,
+        severity=severity,
+        device_id=device_id,
+        limit=limit,
+        before_id=before_id,
+    )
     next_before = int(views[-1]["alert_id"]) if len(views) == limit else None
     return AlertPage(
         items=[_views.validate_python(v) for v in views], limit=limit, next_before_id=next_before
@@ -90,17 +73,12 @@ async def list_alerts(
 async def stream_alerts(*, request: Request, principal: CurrentPrincipal) -> StreamingResponse:
     """Server-sent events: `event: opened|acknowledged|escalated|resolved|...`, `data:` the alert view.
 
-    The stream ends within seconds of its credential ending (logout, revoked token, disabled user).
+    The same alerts as GET /alerts, as they change (an admin's: every org's). The stream ends within
+    seconds of its credential ending (logout, revoked token, disabled user).
     """
-    if principal.role == "admin":
-        raise forbidden("the live stream is per org; admins use GET /api/v1/alerts")
-    audience = relay_bridge.audience_of(principal)
-    assert principal.org_id is not None
+    viewer = relay_bridge.inbox_viewer(principal)
     hub: sse.AlertHub = request.app.state.alert_hub
-    try:
-        subscription = hub.subscribe(principal.user_id, principal.org_id, audience)
-    except sse.StreamLimitReached as exc:
-        raise ApiError(429, str(exc), code="too_many_streams", headers={"Retry-After": "30"}) from exc
+    subscription = hub.subscribe(principal.user_id, viewer)  # StreamLimitReached: 429
     credential: Credential = request.state.credential
     watch = _CredentialWatch(request, credential, principal)
     return StreamingResponse(
@@ -163,8 +141,8 @@ async def get_alert(
     *, request: Request, principal: CurrentPrincipal, conn: Conn, alert_id: BigId
 ) -> AlertView:
     """One alert in the caller's view; the provider's carries its history."""
-    org, audience = await _scope_for(conn, principal, alert_id)
-    view = await relay_bridge.call(request.app.state.sync_pool, store.get_alert, org, audience, alert_id)
+    viewer = relay_bridge.inbox_viewer(principal)
+    view = await relay_bridge.call(request.app.state.sync_pool, store.get_alert, viewer, alert_id)
     return _views.validate_python(view)
 
 
@@ -175,11 +153,14 @@ async def _change(
     alert_id: int,
     action: Literal["acknowledge", "resolve"],
 ) -> AlertView:
-    org, audience = await _scope_for(conn, principal, alert_id)
+    viewer = relay_bridge.inbox_viewer(principal)
     pool = request.app.state.sync_pool
-    if audience != "provider":
-        await relay_bridge.call(pool, store.get_alert, org, audience, alert_id)  # 404 unless visible
-        raise forbidden(f"only the provider may {action} alerts")
+    if viewer.audience not in ("provider", "admin"):
+        await relay_bridge.call(pool, store.get_alert, viewer, alert_id)  # NotFound unless visible
+        raise Forbidden(f"only the provider may {action} alerts")
+    org = viewer.org_id if viewer.audience == "provider" else await alert_provider_org(conn, alert_id)
+    if org is None:
+        raise NotFound(f"no alert {alert_id}")
     fn = store.acknowledge if action == "acknowledge" else store.resolve
     view = await relay_bridge.call(pool, fn, org, alert_id, principal.user_id)
     return _views.validate_python(view)

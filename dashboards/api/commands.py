@@ -7,11 +7,12 @@ from fastapi import APIRouter, Request, status
 from dashboards import commands
 from dashboards.api import API_PREFIX
 from dashboards.api.common import page_of
-from dashboards.auth import Principal
 from dashboards.deps import Conn, CurrentPrincipal, Paging
-from dashboards.errors import ApiError, ErrorBody, invalid, not_found
+from dashboards.errors import ErrorBody
 from dashboards.models import CommandCreate, CommandPublic, Page
-from dashboards.queries import AConn, Row, audit, require_role, visible_device
+from dashboards.queries import audit, require_role, visible_device
+from dashboards.types import AConn, Principal, Row
+from pulsewire.errors import InvalidInput, NotFound
 from schemas.commands import COMMANDS
 
 router = APIRouter(prefix=API_PREFIX, tags=["commands"])
@@ -39,15 +40,12 @@ async def send_command(
     """Publish a command to the device; follow its status with GET. Each device takes a few an hour."""
     device = await _commandable(conn, principal, device_id, "send commands")
     if device["kind"] not in COMMANDS[body.name].kinds:
-        raise invalid(f"{body.name} is not a command for a {device['kind']}", code="invalid_command")
+        raise InvalidInput(
+            f"{body.name} is not a command for a {device['kind']}", field="name", code="invalid_command"
+        )
     service: commands.CommandService = request.app.state.commands
-    try:
-        row = await service.send(device_id, body.name, body.args.model_dump(), principal.user_id)
-    except commands.DeviceDecommissioned as exc:
-        raise ApiError(409, str(exc), code="decommissioned") from exc
-    except commands.CommandLimitReached as exc:
-        retry = str(exc.retry_after_s)
-        raise ApiError(429, str(exc), code="rate_limited", headers={"Retry-After": retry}) from exc
+    # DeviceDecommissioned (409), CommandLimitReached (429 with Retry-After), BrokerError (503).
+    row = await service.send(device_id, body.name, body.args.model_dump(), principal.user_id)
     await audit(
         conn,
         principal,
@@ -77,5 +75,5 @@ async def get_command(
     await _commandable(conn, principal, device_id, "see commands")
     row = await commands.get_command(conn, device_id, command_id)
     if row is None:
-        raise not_found(f"command {command_id!r}")
+        raise NotFound(f"command {command_id!r} not found")
     return CommandPublic.model_validate(row)

@@ -7,9 +7,9 @@ from typing import Annotated, TypeVar
 
 from fastapi import Path
 
-from dashboards.auth import Principal
 from dashboards.models import DevicePublic, DeviceVendorPublic, DeviceView, OwnerPublic, Page
-from dashboards.queries import PageRequest, Row, sees_owner_data
+from dashboards.queries import PageRequest, sees_owner_data
+from dashboards.types import Principal, Row
 
 T = TypeVar("T")
 # A path id that fits PostgreSQL's bigint: anything else is a 422, not a database error.

@@ -11,7 +11,7 @@ from dashboards import registration
 from dashboards.api import API_PREFIX
 from dashboards.api.common import device_view, page_of
 from dashboards.deps import Conn, CurrentPrincipal, Paging, readings_slot
-from dashboards.errors import ErrorBody, invalid
+from dashboards.errors import ErrorBody
 from dashboards.models import (
     DeviceCreate,
     DeviceCreated,
@@ -24,6 +24,7 @@ from dashboards.models import (
 )
 from dashboards.queries import ReadingsQuery, events, list_devices, parse_bucket, readable_metrics, readings
 from dashboards.queries import visible_device as device_of
+from pulsewire.errors import InvalidInput
 from pulsewire.settings import Settings
 
 router = APIRouter(prefix=API_PREFIX, tags=["devices"])
@@ -82,7 +83,7 @@ def _query(
             max_buckets=settings.readings_buckets_max,
         )
     except OverflowError as exc:  # a default or a bound computed next to year 1 or 9999
-        raise invalid("start/end out of range", code="invalid_range") from exc
+        raise InvalidInput("start/end out of range", code="invalid_range") from exc
     return query
 
 

@@ -1,7 +1,9 @@
-"""Web pages and forms between owner and provider: the owner's page, messages, appointments.
+"""Forms between owner and provider: messages and appointments, from the owner's page and the device page.
 
 The rules (who may write, which status may follow which) live in `dashboards.contact`, shared with
 the API; these routes turn forms into its calls and its refusals into a message on the page.
+A slot comes from a `datetime-local` field: with JavaScript, app.js sends it as an instant in
+the viewer's time zone; without, the form says UTC and the value is taken as UTC.
 """
 
 from __future__ import annotations
@@ -10,28 +12,19 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import Response
 from pydantic import ValidationError
 
-from dashboards import contact, web_queries
-from dashboards.errors import ApiError
+from dashboards import contact
 from dashboards.models import AppointmentCreate, AppointmentUpdate, MessageCreate
-from dashboards.queries import PageRequest, list_devices, visible_device
-from dashboards.web import (
-    RECENT,
-    Conn,
-    CsrfField,
-    PageUser,
-    appointment_view,
-    back_to,
-    check_csrf,
-    device_view,
-    render,
-    user_context,
-)
+from dashboards.queries import visible_device
+from dashboards.web.session import Conn, CsrfField, PageUser, back_to, check_csrf
+from pulsewire.errors import Conflict, Forbidden, InvalidInput, NotFound
+
+# What a form's refusal can be: said on the page it came from, not as an error page.
+REFUSALS = (Conflict, Forbidden, InvalidInput, NotFound)
 
 router = APIRouter(include_in_schema=False)
-OWNER_DEVICES = PageRequest(limit=50)
 Action = Literal["confirm", "propose", "decline", "accept", "cancel"]
 _STATUS_OF: dict[Action, Literal["confirmed", "proposed", "declined", "cancelled"]] = {
     "confirm": "confirmed",
@@ -43,48 +36,18 @@ _STATUS_OF: dict[Action, Literal["confirmed", "proposed", "declined", "cancelled
 
 
 def parse_slot(text: str) -> datetime:
-    """A `datetime-local` form value, taken as UTC (the form says so); 422-style ApiError otherwise."""
+    """A form's slot: an ISO instant (app.js sends the viewer's local time so), or a `datetime-local`
+    value without a zone, taken as UTC as the form says; InvalidInput otherwise."""
     try:
         value = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise ApiError(422, "Please give a date and time.") from exc
+        raise InvalidInput("Please give a date and time.", field="slot") from exc
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     return f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" if err["loc"] else str(err["msg"])
-
-
-@router.get("/my", response_class=HTMLResponse)
-async def owner_page(
-    *, request: Request, conn: Conn, p: PageUser, notice: str = "", error: str = ""
-) -> Response:
-    """The owner's devices, their provider's messages and their appointment requests."""
-    if p.role != "owner":
-        return RedirectResponse("/fleet", status_code=303)
-    rows = await list_devices(conn, p, OWNER_DEVICES)
-    counts = await web_queries.open_alert_counts(conn, p)
-    messages, appointments = [], []
-    for row in rows:
-        messages += await contact.list_messages(conn, p, row, RECENT)
-        appointments += [appointment_view(a) for a in await contact.list_appointments(conn, p, row, RECENT)]
-    messages.sort(key=lambda m: m["created_at"], reverse=True)
-    appointments.sort(key=lambda a: a["appointment_id"], reverse=True)
-    provider = await web_queries.owner_provider_name(conn, p)
-    return render(
-        request,
-        "web/owner.html",
-        await user_context(conn, p, "my", "My devices")
-        | {
-            "devices": [device_view(p, r, counts) for r in rows],
-            "messages": messages,
-            "appointments": appointments,
-            "provider_name": provider,
-            "notice": notice[:200],
-            "error": error[:300],
-        },
-    )
 
 
 @router.post("/my/appointments")
@@ -104,8 +67,8 @@ async def owner_request_appointment(
         device = await visible_device(conn, p, device_id)
         body = AppointmentCreate(requested_for=parse_slot(slot), reason=reason.strip())
         await contact.request_appointment(conn, p, device, body)
-    except ApiError as exc:
-        return back_to("/my", error=str(exc.detail))
+    except REFUSALS as exc:
+        return back_to("/my", error=str(exc))
     except ValidationError as exc:
         return back_to("/my", error=_first_error(exc))
     return back_to("/my", "Your request was sent to your provider.")
@@ -145,8 +108,8 @@ async def provider_message(
     try:
         device = await visible_device(conn, p, device_id)
         await contact.send_message(conn, p, device, MessageCreate(body=body.strip()))
-    except ApiError as exc:
-        return back_to(path, error=str(exc.detail))
+    except REFUSALS as exc:
+        return back_to(path, error=str(exc))
     except ValidationError:
         return back_to(path, error="Please write a message first.")
     return back_to(path, "Message sent to the owner.")
@@ -187,8 +150,8 @@ async def _update(
         proposed = parse_slot(slot) if action == "propose" and slot is not None else None
         body = AppointmentUpdate(status=_STATUS_OF[action], proposed_for=proposed)
         row = await contact.update_appointment(conn, p, device, appointment_id, body)
-    except ApiError as exc:
-        return back_to(path, error=str(exc.detail))
+    except REFUSALS as exc:
+        return back_to(path, error=str(exc))
     except ValidationError as exc:
         return back_to(path, error=_first_error(exc))
     return back_to(path, f"Appointment {row['status']}.")

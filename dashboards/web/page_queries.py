@@ -1,24 +1,26 @@
 """Read queries that only the web pages need (summaries for the layout, the fleet and the charts).
 
-Every query starts from `queries.scope_sql`, the one place that decides which devices a caller sees;
-a vendor's alert counts include technical alerts only, as in the API.
+Devices come from `queries.scope_sql`, the one place that decides which devices a caller sees;
+alerts from `relay.visibility`, the one place that decides which alerts, as for the API and SSE
+(a vendor's counts include technical alerts only).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dashboards.auth import Principal
-from dashboards.queries import AConn, readable_metrics, scope_sql, sees_clinical_data
+from dashboards.queries import readable_metrics, viewer_of
+from dashboards.types import AConn, Principal
+from relay import visibility
 from schemas.catalogue import Metric
 
 CHART_WINDOW = "30 days"
 SEVERITIES = ("red", "yellow", "info")
 
 
-def _alert_audience(p: Principal) -> str:
+def _visible_alerts(p: Principal) -> tuple[str, dict[str, Any]]:
     # Clinical alerts never reach a vendor (docs/domain.md, "Who may see what").
-    return "TRUE" if sees_clinical_data(p) else "a.class = 'technical'"
+    return visibility.sql(viewer_of(p))
 
 
 async def org_name(conn: AConn, org_id: int | None) -> str | None:
@@ -32,11 +34,11 @@ async def org_name(conn: AConn, org_id: int | None) -> str | None:
 
 async def open_alert_counts(conn: AConn, p: Principal) -> dict[str, dict[str, int]]:
     """Open (not yet acknowledged) alerts per visible device and severity."""
-    clause, params = scope_sql(p)
+    clause, params = _visible_alerts(p)
     cur = await conn.execute(
         f"""SELECT a.device_id, a.severity, count(*) AS n FROM alerts a
             JOIN devices d ON d.device_id = a.device_id
-            WHERE a.state = 'open' AND {clause} AND {_alert_audience(p)}
+            WHERE a.state = 'open' AND {clause}
             GROUP BY 1, 2""",
         params,
     )
@@ -80,13 +82,13 @@ async def list_alerts(
     limit: int = 200,
 ) -> list[dict[str, Any]]:
     """Alerts the caller sees, newest first; no owner columns (the pages join what they may show)."""
-    clause, params = scope_sql(p)
+    clause, params = _visible_alerts(p)
     cur = await conn.execute(
         f"""SELECT a.alert_id, a.device_id, a.rule_key, a.rule_name, a.severity, a.class, a.state,
                    a.late, a.escalated, a.occurrences, a."values", a.started_at, a.last_seen_at,
                    a.opened_at, a.acknowledged_at, a.resolved_at
             FROM alerts a JOIN devices d ON d.device_id = a.device_id
-            WHERE {clause} AND {_alert_audience(p)}
+            WHERE {clause}
               AND (%(state)s::text IS NULL OR a.state = %(state)s)
               AND (%(device_id)s::text IS NULL OR a.device_id = %(device_id)s)
               AND (%(alert_id)s::bigint IS NULL OR a.alert_id = %(alert_id)s)

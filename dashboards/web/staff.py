@@ -1,7 +1,7 @@
 """Staff pages: the fleet overview, the alert inbox (with ack/resolve) and the device page.
 
 Vendors see their devices' technical side only: no owner names, no clinical charts or alerts,
-which the scoped queries (`dashboards.queries`, `dashboards.web_queries`) already guarantee.
+which the scoped queries (`dashboards.queries`, `relay.visibility`) already guarantee.
 """
 
 from __future__ import annotations
@@ -10,34 +10,26 @@ import json
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from dashboards import contact, queries, relay_bridge, web_queries
-from dashboards.auth import Principal
-from dashboards.queries import (
-    PageRequest,
-    alert_provider_org,
-    list_devices,
-    sees_clinical_data,
-    sees_owner_data,
-    visible_device,
-)
-from dashboards.web import (
+from dashboards import contact, queries, relay_bridge
+from dashboards.queries import PageRequest, alert_provider_org, list_devices, sees_owner_data, visible_device
+from dashboards.web import page_queries
+from dashboards.web.render import render
+from dashboards.web.session import Conn, CsrfField, PageUser, check_csrf
+from dashboards.web.views import (
     RECENT,
-    Conn,
-    CsrfField,
-    PageUser,
+    UNITS,
+    alert_view,
     appointment_view,
-    check_csrf,
     device_view,
-    render,
+    sentence,
     user_context,
 )
+from pulsewire.errors import Forbidden, NotFound
 from relay import store
-from relay.views import technical_values
-from schemas.catalogue import CATALOGUE
 
 router = APIRouter(include_in_schema=False)
 FLEET_LIMIT = 500
@@ -45,7 +37,6 @@ ALERT_FILTERS = ("open", "acknowledged", "resolved", "all")
 ACTORS = ("provider_staff", "admin")  # who triages alerts (docs/domain.md, "Who may see what")
 EVENTS_SHOWN = 50
 ALERTS_SHOWN = 50
-UNITS = {"degC": "°C", "ohm": "Ω", "deg": "°"}
 
 
 # ---- staff pages ---------------------------------------------------------------------------------
@@ -57,7 +48,7 @@ async def fleet(request: Request, conn: Conn, p: PageUser) -> Response:
     if p.role == "owner":
         return RedirectResponse("/my", status_code=303)
     rows = await list_devices(conn, p, PageRequest(limit=FLEET_LIMIT))
-    counts = await web_queries.open_alert_counts(conn, p)
+    counts = await page_queries.open_alert_counts(conn, p)
     devices = [device_view(p, r, counts) for r in rows]
     scope = {"provider_staff": "in your care", "vendor_staff": "made by your company"}
     return render(
@@ -68,43 +59,10 @@ async def fleet(request: Request, conn: Conn, p: PageUser) -> Response:
             "devices": devices,
             "show_owner": sees_owner_data(p),
             "online_count": sum(1 for d in devices if d["online"]),
-            "totals": await web_queries.open_alert_totals(conn, p),
+            "totals": await page_queries.open_alert_totals(conn, p),
             "scope_text": scope.get(p.role, "registered"),
         },
     )
-
-
-def sentence(text: str) -> str:
-    """First letter up, the rest as written (keeps 'ICD', 'RV')."""
-    return text[:1].upper() + text[1:]
-
-
-def describe_values(values: dict[str, Any]) -> str:
-    """'RV lead impedance 3400 Ω, ...' for the first few values of an alert."""
-    parts = []
-    for key, value in list(values.items())[:3]:
-        metric = next((m for kind in CATALOGUE.values() if (m := kind.get(key)) is not None), None)
-        if metric is not None and isinstance(value, int | float):
-            parts.append(f"{sentence(metric.description)} {value:g} {UNITS.get(metric.unit, metric.unit)}")
-        elif isinstance(value, int | float | str):
-            parts.append(f"{sentence(key.replace('_', ' '))}: {value}")
-    return ", ".join(parts)
-
-
-def alert_view(p: Principal, row: dict[str, Any]) -> dict[str, Any]:
-    """An alert row as the tables (and alerts.js) show it; a vendor gets technical values only."""
-    values = dict(row.get("values") or {})
-    shown = describe_values(values if sees_clinical_data(p) else technical_values(values))
-    return {
-        "alert_id": row["alert_id"],
-        "device_id": row["device_id"],
-        "severity": row["severity"],
-        "state": row["state"],
-        "title": row["rule_name"],
-        "alert_class": row["class"],
-        "detail": ("Late: " if row.get("late") else "") + shown,
-        "opened_at": row["opened_at"],
-    }
 
 
 @router.get("/alerts", response_class=HTMLResponse)
@@ -113,7 +71,7 @@ async def alerts_page(request: Request, conn: Conn, p: PageUser, state: str = "o
     if p.role == "owner":
         return RedirectResponse("/my", status_code=303)
     state = state if state in ALERT_FILTERS else "open"
-    rows = await web_queries.list_alerts(conn, p, state=None if state == "all" else state)
+    rows = await page_queries.list_alerts(conn, p, state=None if state == "all" else state)
     return render(
         request,
         "web/alerts.html",
@@ -132,7 +90,7 @@ async def rules_page(
 ) -> Response:
     """The provider's rules (defaults and its own) with the errors recorded on them; admins pick the org."""
     if p.role not in ACTORS:
-        raise HTTPException(403, "rules are set by the provider's staff")
+        raise Forbidden("rules are set by the provider's staff")
     context = await user_context(conn, p, "rules", "Rules")
     org = p.org_id if p.role == "provider_staff" else org_id
     if org is None:
@@ -156,10 +114,10 @@ async def device_page(
 ) -> Response:
     """Charts over 24 h / 7 d / 30 d, alert history, events; for the provider, owner contact."""
     row = await visible_device(conn, p, device_id)
-    counts = await web_queries.open_alert_counts(conn, p)
-    metrics = await web_queries.chart_metrics(conn, p, row)
+    counts = await page_queries.open_alert_counts(conn, p)
+    metrics = await page_queries.chart_metrics(conn, p, row)
     events = await queries.events(conn, p, device_id, PageRequest(limit=EVENTS_SHOWN))
-    alerts = await web_queries.list_alerts(conn, p, state=None, device_id=device_id, limit=ALERTS_SHOWN)
+    alerts = await page_queries.list_alerts(conn, p, state=None, device_id=device_id, limit=ALERTS_SHOWN)
     can_message = p.role in ("provider_staff", "admin") and row["owner_id"] is not None
     context = await user_context(conn, p, "my" if p.role == "owner" else "fleet", device_id)
     return render(
@@ -209,17 +167,30 @@ async def alert_action(
     The change goes through `relay.store`, as the API's does (history row, outbox, live notice).
     """
     check_csrf(request, csrf_token)
-    if not await web_queries.list_alerts(conn, p, state=None, alert_id=alert_id):
-        raise HTTPException(404, f"alert {alert_id} not found")
+    await _visible_alert(conn, p, alert_id)
     if p.role not in ACTORS:
-        raise HTTPException(403, "only the provider's staff triage alerts")
+        raise Forbidden("only the provider's staff triage alerts")
     org = p.org_id if p.role == "provider_staff" else await alert_provider_org(conn, alert_id)
     change = store.acknowledge if action == "ack" else store.resolve
     await relay_bridge.call(request.app.state.sync_pool, change, org, alert_id, p.user_id)
-    row = (await web_queries.list_alerts(conn, p, state=None, alert_id=alert_id))[0]
+    row = await _visible_alert(conn, p, alert_id)
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse(jsonable_encoder(alert_view(p, row)))
     return RedirectResponse(_local(request.headers.get("referer", "")), status_code=303)
+
+
+@router.get("/alerts/{alert_id}/row")
+async def alert_row(*, conn: Conn, p: PageUser, alert_id: int) -> JSONResponse:
+    """One alert as the tables show it, for alerts.js: a live vendor row gets its device link here
+    (the vendor's stream view carries the serial, not the device id its pages link to)."""
+    return JSONResponse(jsonable_encoder(alert_view(p, await _visible_alert(conn, p, alert_id))))
+
+
+async def _visible_alert(conn: Conn, p: PageUser, alert_id: int) -> dict[str, Any]:
+    rows = await page_queries.list_alerts(conn, p, state=None, alert_id=alert_id)
+    if not rows:
+        raise NotFound(f"alert {alert_id} not found")
+    return rows[0]
 
 
 def _local(url: str) -> str:
