@@ -5,7 +5,8 @@ and returns what it stored, or raises `DatabaseError` having stored nothing (the
 same batch). Validation should leave PostgreSQL nothing to refuse; when it still refuses a batch for
 its data, the batch is written again in one transaction, halved under savepoints until each refused
 message stands alone: those are quarantined (`db_rejected`, with the error class) and the rest stored.
-Quarantine keeps a prefix of each payload, with the size and SHA-256 of the whole.
+Quarantine keeps a prefix of each payload, with the size and SHA-256 of the whole; a message the
+broker delivers again while its row waits for replay adds a copy to that row, not a row.
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ def _write_batch(conn: Conn, items: Sequence[Validated], keep: int) -> BatchOutc
     out.duplicates = sequenced - len(new)
     spans = _copy_readings(conn, [m for m in new if isinstance(m, Telemetry)], out)
     _copy_events(conn, [m for m in new if isinstance(m, Event)], spans, out)
-    _copy_quarantine(conn, bad, keep, out)
+    _store_quarantine(conn, bad, keep, out)
     # Pipelined: the statements below go out without waiting for each other's answers (only a
     # read of results waits), one round trip instead of six; errors still surface here.
     with conn.pipeline():
@@ -296,18 +297,45 @@ def _copy_events(conn: Conn, messages: list[Event], spans: Spans, out: BatchOutc
     out.events = len(messages)
 
 
-def _copy_quarantine(conn: Conn, bad: list[Quarantined], keep: int, out: BatchOutcome) -> None:
-    """COPY quarantine rows: the first `keep` bytes of each payload, with the whole's size and SHA-256."""
+_QUARANTINE = """
+INSERT INTO quarantine (topic, device_id, reason, detail, payload, payload_size, payload_sha256, copies)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::int[], %s::bytea[],
+                     %s::int[])
+ON CONFLICT (payload_sha256, md5(topic)) WHERE replayed_at IS NULL
+DO UPDATE SET copies = quarantine.copies + EXCLUDED.copies, last_received_at = now()
+"""
+
+
+def _store_quarantine(conn: Conn, bad: list[Quarantined], keep: int, out: BatchOutcome) -> None:
+    """Quarantine rows: the first `keep` bytes of each payload, with the whole's size and SHA-256.
+
+    A message already waiting in the quarantine (the broker delivered it again) adds a copy to its
+    row instead of a second row; copies within the batch are folded first, in key order, so two
+    workers folding the same messages lock their rows in the same order.
+    """
     if not bad:
         return
-    columns = "topic, device_id, reason, detail, payload, payload_size, payload_sha256"
-    with conn.cursor().copy(f"COPY quarantine ({columns}) FROM STDIN") as copy:
-        for q in bad:
-            p = q.payload
-            device_id = q.device_id and _text(q.device_id)
-            copy.write_row((_text(q.topic), device_id, q.reason.value, _text(q.detail),
-                            p[:keep], len(p), hashlib.sha256(p).digest()))  # fmt: skip
-            out.quarantined[q.reason.value] += 1
+    rows: dict[tuple[bytes, str], tuple[Quarantined, int]] = {}
+    for q in bad:
+        key = (hashlib.sha256(q.payload).digest(), _text(q.topic))
+        first, copies = rows.get(key, (q, 0))
+        rows[key] = (first, copies + 1)
+        out.quarantined[q.reason.value] += 1
+    keys = sorted(rows)
+    firsts = [rows[k][0] for k in keys]
+    conn.execute(
+        _QUARANTINE,
+        (
+            text_array(k[1] for k in keys),
+            [q.device_id and _text(q.device_id) for q in firsts],
+            text_array(q.reason.value for q in firsts),
+            text_array(_text(q.detail) for q in firsts),
+            [q.payload[:keep] for q in firsts],
+            int_array(len(q.payload) for q in firsts),
+            [k[0] for k in keys],
+            int_array(rows[k][1] for k in keys),
+        ),
+    )
 
 
 def _text(value: str) -> str:

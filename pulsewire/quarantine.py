@@ -5,8 +5,10 @@ A replay republishes each row's payload, through the broker, as the service logi
 same validation and write as a live message, deduplicated by `ingest_log`, and does not charge it to
 the device's budget. A row is marked `replayed_at` once the broker has acknowledged its message to at
 least one ingest subscriber, so a second replay does nothing; if it fails validation again, ingest
-quarantines it again as a new row. A row that kept only a prefix of its payload (`payload_size`
-larger than what is stored) cannot be replayed, nor can one whose topic is not a device's.
+quarantines it again as a new row. A message the broker delivers again while its row waits is one
+row with `copies` counting the deliveries (`last_received_at` the latest). A row that kept only a
+prefix of its payload (`payload_size` larger than what is stored) cannot be replayed, nor can one
+whose topic is not a device's.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ REPLAY_TOPIC_PREFIX = "pw/v1/replay/"  # only the service login may publish here
 REPLAY_MAX_ROWS = 10_000  # rows one replay call takes; run it again for more
 _NO_MATCHING_SUBSCRIBERS = 16  # MQTT 5 PUBACK: the broker had nobody to give it to
 _ACK_TIMEOUT_S = 30.0
-_LIST_COLUMNS = """quarantine_id, received_at, topic, device_id, reason, detail, payload_size,
-    encode(payload_sha256, 'hex') AS payload_sha256, octet_length(payload) < payload_size AS truncated,
-    replayed_at"""
+_LIST_COLUMNS = """quarantine_id, received_at, last_received_at, copies, topic, device_id, reason,
+    detail, payload_size, encode(payload_sha256, 'hex') AS payload_sha256,
+    octet_length(payload) < payload_size AS truncated, replayed_at"""
 
 
 @dataclass

@@ -198,6 +198,33 @@ def test_redelivery_stores_nothing_twice_and_gaps_are_recorded(
     )
 
 
+def test_a_bad_message_delivered_again_is_quarantined_once(
+    world: World, pub: Publisher, conn: Conn, service: IngestService
+) -> None:
+    """The same bytes on the same topic again (a worker died before its ack, a device resent after a
+    lost PUBACK) add a copy to the waiting row instead of a second row."""
+    world.add_device("imp-redo", "implant")
+    bad = ("pw/v1/dev/imp-redo/telemetry", b'{"schema": "pulsewire.telemetry/1", "device_id": "imp-redo", ')
+    other = ("pw/v1/dev/imp-redo/telemetry", b'{"schema": "pulsewire.telemetry/1", "seq": ')
+    seen = service.totals.quarantined["malformed_json"]
+
+    def quarantined(n: int) -> bool:
+        return service.totals.quarantined["malformed_json"] >= seen + n
+
+    pub.publish_all([bad])
+    wait_for(lambda: quarantined(1), 10, "the first delivery quarantined")
+    pub.publish_all([bad, bad, other])  # again, and twice within what may be one batch
+    wait_for(lambda: quarantined(4), 10, "the copies counted")
+    rows = conn.execute(
+        "SELECT payload, copies, last_received_at > received_at AS later FROM quarantine"
+        " WHERE topic = 'pw/v1/dev/imp-redo/telemetry' ORDER BY quarantine_id"
+    ).fetchall()
+    assert [(bytes(r["payload"]), r["copies"], r["later"]) for r in rows] == [
+        (bad[1], 3, True),
+        (other[1], 1, None),
+    ]
+
+
 def test_status_online_offline_updates_devices(world: World, pub: Publisher, conn: Conn) -> None:
     world.add_device("veh-st", "vehicle")
     t = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)

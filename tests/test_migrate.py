@@ -88,3 +88,29 @@ def test_timescale_path_uses_hypertables_and_policies() -> None:
             "SELECT pw_bucket(INTERVAL '15 minutes', timestamptz '2026-11-22 03:07:59+00') AS b"
         ).fetchone()
         assert row is not None and row["b"] == datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
+
+
+def test_quarantine_copies_already_stored_fold_into_their_first_row(db_url: str, conn: Conn) -> None:
+    """0035 on a database that quarantined a redelivered message twice: one waiting row, two copies."""
+    conn.execute("DROP INDEX quarantine_pending_message")
+    conn.execute("ALTER TABLE quarantine DROP COLUMN copies, DROP COLUMN last_received_at")
+    conn.execute("DELETE FROM schema_migrations WHERE version = '0035'")
+    insert = "INSERT INTO quarantine (topic, reason, payload, received_at, replayed_at) VALUES (%s, %s, %s, %s, %s)"
+    t1, t2 = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
+    for topic, payload, at, replayed in [
+        ("pw/v1/dev/a/telemetry", b"{", t1, None),
+        ("pw/v1/dev/a/telemetry", b"{", t2, None),  # the redelivery
+        ("pw/v1/dev/a/telemetry", b"{", t1, t1),  # replayed already: stays its own row
+        ("pw/v1/dev/b/telemetry", b"{", t1, None),  # another topic
+    ]:
+        conn.execute(insert, (topic, "malformed_json", payload, at, replayed))
+    assert migrate(db_url) == ["0035"]
+    rows = conn.execute(
+        "SELECT topic, copies, last_received_at, replayed_at IS NOT NULL AS replayed FROM quarantine"
+        " ORDER BY quarantine_id"
+    ).fetchall()
+    assert [tuple(r.values()) for r in rows] == [
+        ("pw/v1/dev/a/telemetry", 2, t2, False),
+        ("pw/v1/dev/a/telemetry", 1, None, True),
+        ("pw/v1/dev/b/telemetry", 1, None, False),
+    ]
