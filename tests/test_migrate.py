@@ -95,7 +95,8 @@ def test_quarantine_copies_already_stored_fold_into_their_first_row(db_url: str,
     conn.execute("DROP INDEX quarantine_pending_message")
     conn.execute("ALTER TABLE quarantine DROP COLUMN copies, DROP COLUMN last_received_at")
     conn.execute("DELETE FROM schema_migrations WHERE version = '0035'")
-    insert = "INSERT INTO quarantine (topic, reason, payload, received_at, replayed_at) VALUES (%s, %s, %s, %s, %s)"
+    columns = "topic, reason, payload, received_at, replayed_at"
+    insert = f"INSERT INTO quarantine ({columns}) VALUES (%s, %s, %s, %s, %s)"
     t1, t2 = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
     for topic, payload, at, replayed in [
         ("pw/v1/dev/a/telemetry", b"{", t1, None),
