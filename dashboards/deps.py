@@ -11,6 +11,7 @@ import psycopg_pool
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from dashboards import access
 from dashboards.auth import (
     REFUSED,
     SESSION_COOKIE,
@@ -82,6 +83,7 @@ async def get_principal(
         message = await token_refusal(conn, credential.token) if credential.token else REFUSED
         raise ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
     request.state.principal, request.state.credential = principal, credential
+    await access.bind(conn, request, principal, token=credential.token)
     return principal
 
 

@@ -23,7 +23,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from dashboards import access
 from dashboards.types import AConn, Principal, Row
+from pulsewire import audit as access_audit
 from pulsewire.errors import Forbidden, InvalidInput, NotFound, QueryTimeout
 from relay.visibility import Viewer
 from schemas.catalogue import CATALOGUE, CLINICAL_EVENTS, DeviceKind, Metric, vendor_event_data
@@ -111,7 +113,10 @@ async def list_devices(conn: AConn, p: Principal, page: PageRequest, *, kind: st
             ORDER BY d.device_id LIMIT %(limit)s OFFSET %(offset)s""",
         params,
     )
-    return await cur.fetchall()
+    rows = await cur.fetchall()
+    if sees_owner_data(p):  # the list shows each device's owner: one entry per owner listed
+        await access.record(conn, access_audit.READ, "device_list", owner_ids=access_audit.owners_of(rows))
+    return rows
 
 
 async def visible_device(conn: AConn, p: Principal, device_id: str) -> Row:
@@ -126,6 +131,9 @@ async def visible_device(conn: AConn, p: Principal, device_id: str) -> Row:
     row = await cur.fetchone()
     if row is None:
         raise NotFound(f"device {device_id!r} not found")
+    # Every device-bound read starts here: the one place that records who read which owner's device.
+    owners = (int(row["owner_id"]),) if row["owner_id"] is not None else ()
+    await access.record(conn, access_audit.READ, "device", device_id, owner_ids=owners)
     return row
 
 
@@ -290,7 +298,8 @@ async def audit(
     *,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """Record who did what."""
+    """Record who did what (here and in the access audit, as `admin:<action>`)."""
+    await access.record(conn, f"admin:{action}", object_type, object_id, detail=details)
     await conn.execute(
         """INSERT INTO audit_log (user_id, action, object_type, object_id, details)
            VALUES (%s, %s, %s, %s, %s)""",
