@@ -10,6 +10,7 @@ records each object once, in its own transaction (`pulsewire.audit`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -63,7 +64,7 @@ async def record(
     object_id: str | None = None,
     *,
     owner_ids: tuple[int, ...] = (),
-    detail: dict[str, object] | None = None,
+    detail: Mapping[str, object] | None = None,
 ) -> None:
     """Record `action` on an object for the request's actor; once per object and request.
 
@@ -73,7 +74,7 @@ async def record(
     if bound is None or (action, object_type, object_id) in bound.recorded:
         return
     bound.recorded.add((action, object_type, object_id))
-    entry = audit.Entry(action, object_type, object_id, owner_ids, {"route": bound.route} | (detail or {}))
+    entry = audit.Entry(action, object_type, object_id, owner_ids, {"route": bound.route, **(detail or {})})
     await audit.record(conn, bound.actor, entry)
 
 

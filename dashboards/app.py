@@ -113,9 +113,10 @@ def _include_routers(app: FastAPI) -> None:
     app.include_router(system.router)
     for module in (account, devices, commands, contact, alerts, relay_admin, admin):
         app.include_router(module.router, responses=ERROR_RESPONSES)
-    from dashboards.api import quarantine
+    from dashboards.api import audit, export, quarantine
 
-    app.include_router(quarantine.router, responses=ERROR_RESPONSES)
+    for extra in (quarantine, export, audit):
+        app.include_router(extra.router, responses=ERROR_RESPONSES)
 
 
 def _install_metrics(app: FastAPI) -> None:

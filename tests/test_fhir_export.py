@@ -11,6 +11,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
@@ -22,6 +23,7 @@ from pulsewire.interop.fhir import export_bundle
 from pulsewire.interop.records import Audience, Window
 from pulsewire.stack import StackInfo
 from schemas.catalogue import MDC_SYSTEM, PULSEWIRE_METRIC_SYSTEM, UCUM_SYSTEM
+from tests.fix_api import assert_error
 from tests.fix_db import World
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6)
@@ -249,3 +251,39 @@ def test_cli_refuses_a_reversed_window(stack_info: StackInfo, db_url: str, impla
         [sys.executable, "-m", "pulsewire", *args], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 1 and "end must be after start" in result.stderr
+
+
+# ---- through the API -------------------------------------------------------------------------------
+
+
+def _api_window() -> dict[str, str]:
+    return {"start": WINDOW.start.isoformat(), "end": WINDOW.end.isoformat()}
+
+
+@pytest.mark.parametrize("role", ["provider2", "vendor2", "owner2"])
+def test_other_tenants_export_is_404(clients: dict[str, httpx.Client], implant: str, role: str) -> None:
+    for route in ("fhir", "vss"):
+        assert_error(clients[role].get(f"/api/v1/devices/{implant}/{route}", params=_api_window()), 404)
+
+
+def test_api_export_per_audience(clients: dict[str, httpx.Client], implant: str) -> None:
+    provider = clients["provider"].get(f"/api/v1/devices/{implant}/fhir", params=_api_window())
+    assert provider.status_code == 200 and provider.headers["content-type"] == "application/fhir+json"
+    kinds = [
+        e["resource"]["resourceType"] for e in Bundle.model_validate_json(provider.text).model_dump()["entry"]
+    ]
+    assert "Patient" in kinds
+    vendor = clients["vendor"].get(
+        f"/api/v1/devices/{implant}/fhir", params=_api_window() | {"bundle": "transaction"}
+    )
+    data = json.loads(vendor.text)
+    assert data["type"] == "transaction"
+    assert "Patient" not in {e["resource"]["resourceType"] for e in data["entry"]}
+    assert "heart_rate_bpm" not in vendor.text and "Ada" not in vendor.text
+
+
+def test_api_export_window_is_capped_like_readings(clients: dict[str, httpx.Client], implant: str) -> None:
+    params = {"start": "2001-01-01T00:00:00Z", "end": "2001-01-02T00:00:00Z"}
+    assert_error(
+        clients["provider"].get(f"/api/v1/devices/{implant}/fhir", params=params), 422, "invalid_range"
+    )
