@@ -1,5 +1,9 @@
 """Ingest under faults: nothing lost, nothing stored twice (SIGKILL, PostgreSQL down, broker restart,
-two workers on one shared subscription). Real processes, real servers; every test is bounded."""
+two workers on one shared subscription). Real processes, real servers; every test is bounded.
+
+"Nothing stored twice" is checked behind a barrier (`settle`): a message published after the stream,
+committed by every worker. A worker commits in the order it receives, and a broker resends what a
+session has not acknowledged before anything newer: past the barrier, every copy has been handled."""
 
 from __future__ import annotations
 
@@ -8,7 +12,10 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +23,20 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
 
 from ingest import IngestService
 from pulsewire.settings import Settings
 from pulsewire.stack import Stack, StackInfo
 from tests.fix_db import World
-from tests.ingest_support import Publisher, start_ingest_process, telemetry, wait_for
+from tests.helpers import free_port
+from tests.ingest_support import Publisher, start_ingest_process, status, telemetry, wait_for
 
 pytestmark = pytest.mark.slow
 Conn = psycopg.Connection[dict[str, Any]]
 MESSAGES = 3_000
 READINGS = 5
+Committed = Callable[[], float]  # how many status messages one worker has committed
 
 
 class Stream:
@@ -41,6 +51,7 @@ class Stream:
             self.expected_sum += sum(values)
             self._msgs.append(telemetry(device_id, seq, [("heart_rate_bpm", v) for v in values]))
         self._rate = rate_hz
+        self.published = 0  # acknowledged by the broker
         self._pub = Publisher(settings.mqtt())
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -55,6 +66,7 @@ class Stream:
             for i in range(0, MESSAGES, chunk):
                 started = time.monotonic()
                 self._pub.publish_all(self._msgs[i : i + chunk], timeout_s=90)
+                self.published = i + chunk
                 time.sleep(max(0.0, chunk / self._rate - (time.monotonic() - started)))
         except BaseException as exc:
             self.error = exc
@@ -76,12 +88,63 @@ def stored(conn: Conn, device_id: str) -> tuple[int, float, int]:
     return int(row["n"]), float(row["s"]), int(row["logged"])
 
 
-def assert_exactly_once(conn: Conn, stream: Stream, timeout_s: float = 30) -> None:
+def assert_exactly_once(conn: Conn, stream: Stream, settings: Settings, workers: Sequence[Committed]) -> None:
     stream.join()
-    wait_for(lambda: stored(conn, stream.device_id)[2] >= MESSAGES, timeout_s,
-             f"every message; stored (rows, sum, messages) = {stored(conn, stream.device_id)}")  # fmt: skip
-    time.sleep(0.5)  # anything stored twice would show up now
+    settle(settings, stream.device_id, workers)
     assert stored(conn, stream.device_id) == (MESSAGES * READINGS, stream.expected_sum, MESSAGES)
+
+
+def settle(settings: Settings, device_id: str, workers: Sequence[Committed], timeout_s: float = 60) -> None:
+    """Return once every worker has committed a status message published after this call.
+
+    Then each worker is subscribed and has committed everything it received before (see the module
+    doc). Statuses go out one at a time, the next once the last was committed or found nobody
+    subscribed yet; a shared subscription hands them to its workers in turn.
+    """
+    start = [committed() for committed in workers]
+
+    def total() -> float:
+        return sum(committed() for committed in workers)
+
+    pub = Publisher(settings.mqtt())
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not all(committed() > s for committed, s in zip(workers, start, strict=True)):
+            assert time.monotonic() < deadline, f"not every worker committed a status in {timeout_s}s"
+            before = total()
+            pub.publish_all([status(device_id, "online", datetime.now(UTC))])
+            answered = time.monotonic() + 1.0
+            while total() <= before and time.monotonic() < answered:
+                time.sleep(0.02)
+    finally:
+        pub.close()
+
+
+def in_process_statuses(service: IngestService) -> Committed:
+    return lambda: float(service.metrics.messages.labels("status")._value.get())
+
+
+def scraped_statuses(port: int) -> Committed:
+    """A worker process's count, from its /metrics; 0 until it serves them (it has committed nothing)."""
+
+    def read() -> float:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except ConnectionRefusedError:
+            return 0.0
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ConnectionRefusedError):
+                return 0.0
+            raise
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "pulsewire_ingest_messages_total" and sample.labels.get("kind") == "status"
+        )
+
+    return read
 
 
 def wait_landed(conn: Conn, device_id: str, messages: int) -> None:
@@ -98,24 +161,6 @@ def in_process(settings: Settings) -> Iterator[IngestService]:
     svc.stop()
 
 
-def probe_until_subscribed(settings: Settings, conn: Conn, device_id: str) -> None:
-    """Publish probes (boot `probe`) until one lands: then the worker's subscription exists."""
-    pub = Publisher(settings.mqtt())
-    try:
-        deadline = time.monotonic() + 30
-        for seq in range(300):
-            pub.publish_all([telemetry(device_id, seq, [("heart_rate_bpm", 60.0)], boot_id="probe")])
-            time.sleep(0.2)
-            row = conn.execute("SELECT count(*) AS n FROM ingest_log WHERE boot_id = 'probe'").fetchone()
-            if row and row["n"]:
-                conn.execute("DELETE FROM ingest_log WHERE boot_id = 'probe'")
-                conn.execute("DELETE FROM readings WHERE device_id = %s", (device_id,))
-                return
-            assert time.monotonic() < deadline, "ingest process never subscribed"
-    finally:
-        pub.close()
-
-
 def stop(proc: subprocess.Popen[bytes]) -> int:
     proc.send_signal(signal.SIGTERM)
     return proc.wait(30)
@@ -127,26 +172,30 @@ def test_sigkill_mid_stream_then_restart_stores_everything_once(
     world.add_device("imp-kill", "implant")
     group, client_id = secrets.token_hex(4), f"t-kill-{secrets.token_hex(3)}"
 
-    def spawn() -> subprocess.Popen[bytes]:
-        return start_ingest_process(
+    def spawn() -> tuple[subprocess.Popen[bytes], Committed]:
+        port = free_port()
+        proc = start_ingest_process(
             settings.require_database_url(),
             stack_info.mqtt_url,
             tmp_path,
             client_id=client_id,
             share_group=group,
             log_path=tmp_path / "ingest.log",
+            metrics_port=port,
         )
+        return proc, scraped_statuses(port)
 
-    proc = spawn()
+    proc, committed = spawn()
     try:
-        probe_until_subscribed(settings, conn, "imp-kill")
+        settle(settings, "imp-kill", [committed])  # subscribed
         stream = Stream(settings, "imp-kill").start()
         wait_landed(conn, "imp-kill", MESSAGES // 3)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        time.sleep(0.5)
-        proc = spawn()  # same client id: resumes the session and its unacked messages
-        assert_exactly_once(conn, stream)
+        sent = stream.published
+        wait_for(lambda: stream.published >= min(sent + 300, MESSAGES), 30, "messages queued for the session")
+        proc, committed = spawn()  # same client id: resumes the session and its unacked messages
+        assert_exactly_once(conn, stream, settings, [committed])
         assert stop(proc) == 0, (tmp_path / "ingest.log").read_text()
     finally:
         if proc.poll() is None:
@@ -160,15 +209,23 @@ def test_postgres_down_for_seconds_loses_nothing(
     stream = Stream(settings, "imp-pg").start()
     wait_landed(conn, "imp-pg", MESSAGES // 3)
     conn.close()
+    retries, sent = in_process.metrics.db_retries._value.get(), stream.published
     stack.stop_postgres()
+
+    def down_long_enough() -> bool:  # the worker retried a few times (about 1.5 s), the stream went on
+        return bool(
+            in_process.metrics.db_retries._value.get() >= retries + 4
+            and stream.published >= min(sent + 300, MESSAGES)
+        )
+
     try:
-        time.sleep(3)
+        wait_for(down_long_enough, 30, "retries while PostgreSQL is down")
     finally:
         stack.start_postgres()
     with psycopg.connect(
         settings.require_database_url(), autocommit=True, row_factory=psycopg.rows.dict_row
     ) as c:
-        assert_exactly_once(c, stream)
+        assert_exactly_once(c, stream, settings, [in_process_statuses(in_process)])
     assert in_process.metrics.db_retries._value.get() > 0
     assert in_process.alive
 
@@ -189,7 +246,7 @@ def test_broker_restart_mid_stream_loses_nothing(
         stream = Stream(settings, "imp-brk").start()
         wait_landed(conn, "imp-brk", MESSAGES // 3)
         stack.restart_broker()
-        assert_exactly_once(conn, stream)
+        assert_exactly_once(conn, stream, settings, [in_process_statuses(svc)])
         assert svc.alive
     finally:
         svc.stop()
@@ -211,7 +268,7 @@ def test_two_workers_on_the_shared_subscription_store_everything_once(
     world: World, settings: Settings, stack_info: StackInfo, conn: Conn, tmp_path: Path
 ) -> None:
     world.add_device("imp-two", "implant")
-    group = secrets.token_hex(4)
+    group, ports = secrets.token_hex(4), [free_port(), free_port()]
     procs = [
         start_ingest_process(
             settings.require_database_url(),
@@ -220,13 +277,14 @@ def test_two_workers_on_the_shared_subscription_store_everything_once(
             client_id=f"t-two-{i}-{secrets.token_hex(3)}",
             share_group=group,
             log_path=tmp_path / f"ingest{i}.log",
+            metrics_port=port,
         )
-        for i in range(2)
+        for i, port in enumerate(ports)
     ]
+    workers = [scraped_statuses(port) for port in ports]
     try:
-        probe_until_subscribed(settings, conn, "imp-two")
-        time.sleep(1.0)  # the second worker subscribes about as fast as the first
-        assert_exactly_once(conn, Stream(settings, "imp-two", rate_hz=2_000).start())
+        settle(settings, "imp-two", workers)  # both subscribed
+        assert_exactly_once(conn, Stream(settings, "imp-two", rate_hz=2_000).start(), settings, workers)
         assert [stop(p) for p in procs] == [0, 0]
         logs = [(tmp_path / f"ingest{i}.log").read_text() for i in range(2)]
         assert all("Traceback" not in text for text in logs), logs
