@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from dashboards import auth
+from dashboards import access, auth
 from dashboards.deps import connection, get_session_config
 from dashboards.guards import LoginGuard
 from dashboards.web.render import render, session_cookie
@@ -28,6 +28,7 @@ from dashboards.web.session import (
     clear_session_cookie,
     set_session_cookie,
 )
+from pulsewire import audit
 
 router = APIRouter(include_in_schema=False)
 LOGIN_COOKIE = "pw_login"
@@ -70,6 +71,7 @@ async def login(
             return _throttled(request, next, email, wait_s)
         async with connection(request) as conn:
             principal = await auth.principal_from_login(conn, email, password) if email and password else None
+            await audit.record(conn, *access.sign_in(request, principal, email))
             if principal is None:
                 guard.failed(email, address)
                 return _login_page(

@@ -12,7 +12,7 @@ from urllib.parse import quote
 from fastapi import Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
-from dashboards import auth
+from dashboards import access, auth
 from dashboards.auth import SESSION_COOKIE, SessionConfig
 from dashboards.deps import get_conn, get_session_config
 from dashboards.types import AConn, Principal
@@ -48,6 +48,7 @@ async def page_principal(request: Request, conn: Conn) -> Principal:
     if principal is None:
         raise LoginRequired(request.url.path)
     request.state.principal = principal
+    await access.bind(conn, request, principal)
     return principal
 
 
