@@ -30,6 +30,7 @@ from pulsewire.errors import (
     PulsewireError,
     QueryTimeout,
     RateLimited,
+    RegistryError,
     StackError,
     Unavailable,
 )
@@ -74,6 +75,7 @@ STATUS: dict[type[PulsewireError], Status] = {
     BrokerError: Status(503, "unavailable", BROKER_UNAVAILABLE),
     StackError: Status(503, "unavailable", BROKER_UNAVAILABLE),
     ConfigError: Status(503, "unavailable", "service misconfigured"),
+    RegistryError: Status(422, "invalid_input"),  # its subclasses say more: not found, duplicate
     # The documented default: an error raised on purpose but of no kind above is our bug.
     PulsewireError: Status(500, "internal_error", "internal server error"),
 }
