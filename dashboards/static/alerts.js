@@ -43,6 +43,26 @@
     return td;
   }
 
+  function deviceLink(a) {
+    var link = el(a.device_id ? "a" : "span", "", a.device_label);
+    if (a.device_id) link.href = "/devices/" + encodeURIComponent(a.device_id);
+    return link;
+  }
+
+  // A vendor's stream view names the device by serial, not by the id its pages link to: the page's
+  // own row of the alert has it.
+  function linkDevice(td, alertId) {
+    fetch("/alerts/" + encodeURIComponent(alertId) + "/row", {
+      credentials: "same-origin", headers: { Accept: "application/json" }
+    }).then(function (resp) {
+      if (!resp.ok) throw new Error("HTTP " + resp.status);
+      return resp.json();
+    }).then(function (row) {
+      td.textContent = "";
+      td.appendChild(deviceLink(normalise(row)));
+    }).catch(function () { /* the serial stays, without a link */ });
+  }
+
   function buildRow(table, a) {
     var tr = el("tr");
     tr.id = table.dataset.device ? "" : "alert-" + a.alert_id;
@@ -53,14 +73,14 @@
     if (a.detail) title.appendChild(el("div", "muted small", a.detail));
     cell(tr, "Alert", title);
     if (!table.dataset.device) {
-      var link = el(a.device_id ? "a" : "span", "", a.device_label);
-      if (a.device_id) link.href = "/devices/" + encodeURIComponent(a.device_id);
-      cell(tr, "Device", link);
+      var td = cell(tr, "Device", deviceLink(a));
+      if (!a.device_id) linkDevice(td, a.alert_id);
     }
     cell(tr, "Class", cap(a.alert_class));
     var time = el("time", "", "just now");
     time.dateTime = a.opened_at || "";
     cell(tr, "Since", time);
+    if (window.pulsewireLocalise) window.pulsewireLocalise(tr);
     cell(tr, "State", null, "state-cell");
     if (table.dataset.canAct === "true") cell(tr, "Actions", el("div", "actions"), "act-cell");
     return tr;

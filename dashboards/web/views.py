@@ -7,7 +7,6 @@ from typing import Any
 from dashboards.queries import PageRequest, sees_clinical_data, sees_owner_data
 from dashboards.types import AConn, Principal
 from dashboards.web import page_queries
-from dashboards.web.render import when_text
 from relay.views import technical_values
 from schemas.catalogue import CATALOGUE
 
@@ -46,7 +45,6 @@ def appointment_view(row: dict[str, Any]) -> dict[str, Any]:
         "device_id": row["device_id"],
         "status": row["status"],
         "slot": slot,
-        "slot_text": when_text(slot),
         "reason": row["reason"],
         "note": row["note"],
         "status_text": status_text,
