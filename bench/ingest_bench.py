@@ -31,6 +31,7 @@ from pulsewire import registry
 from pulsewire.migrate import migrate
 from pulsewire.settings import MqttTarget
 from pulsewire.stack import Stack
+from schemas.topics import telemetry as telemetry_topic
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = [("rpm", 800.0, 4000.0), ("speed_kmh", 0.0, 130.0), ("coolant_temp_c", 70.0, 105.0),
@@ -147,7 +148,7 @@ def publisher(url: str, devices: list[str], per_msg: int, duration_s: float, boo
     `rate` messages/s (0: flat out)."""
     client = RawPublisher(MqttTarget.parse(url), f"bench-pub-{os.getpid()}")
     seqs = dict.fromkeys(devices, 0)
-    topics = {dev: f"pw/v1/dev/{dev}/telemetry".encode() for dev in devices}
+    topic_of = {dev: telemetry_topic(dev).encode() for dev in devices}
     go.wait()
     started = time.time()
     while time.time() - started < duration_s:
@@ -164,7 +165,7 @@ def publisher(url: str, devices: list[str], per_msg: int, duration_s: float, boo
                 readings = variants[seq % 100] = _readings(stamp, seq, per_msg)
             payload = (f'{{"schema":"pulsewire.telemetry/1","device_id":"{dev}","boot_id":"{boot}",'
                        f'"seq":{seq},"sent_at":"{stamp}","readings":[{readings}]}}')  # fmt: skip
-            batch.append((topics[dev], payload.encode()))
+            batch.append((topic_of[dev], payload.encode()))
         client.publish(batch)
         ahead = client.sent / rate - (time.time() - started) if rate else 0.0
         if ahead > 0:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -35,11 +34,14 @@ from pydantic import ValidationError
 from dashboards.queries import PageRequest
 from dashboards.types import AConn, Row
 from pulsewire.errors import BrokerError, Conflict, RateLimited
+from pulsewire.mqtt import Backoff, ConnectOptions, aiomqtt_client
 from pulsewire.settings import Settings
+from schemas import topics
 from schemas.payloads import CommandReply, CommandRequest
 
 log = logging.getLogger("pulsewire.dashboards.commands")
-REPLY_FILTER = "$share/pulsewire-dashboards/pw/v1/dev/+/cmd/reply"
+REPLY_FILTER = topics.command_reply_filter("pulsewire-dashboards")  # each reply to one dashboard
+_RECONNECT = Backoff(first_s=0.5, max_s=10.0)
 OPEN_STATES = ["pending", "sent", "acknowledged"]
 _COLUMNS = """command_id, device_id, name, args, status, detail, result, requested_by, created_at,
     sent_at, acked_at, finished_at"""
@@ -160,8 +162,8 @@ class CommandService:
                     raise BrokerError("not connected")
                 props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 props.CorrelationData = command_id.encode()
-                props.ResponseTopic = f"pw/v1/dev/{device_id}/cmd/reply"
-                await client.publish(f"pw/v1/dev/{device_id}/cmd", payload, qos=1, properties=props)
+                props.ResponseTopic = topics.command_reply(device_id)
+                await client.publish(topics.command(device_id), payload, qos=1, properties=props)
         except (TimeoutError, aiomqtt.MqttError, BrokerError) as exc:
             # The library's text may name the broker's host and port: the log gets it, callers don't.
             log.warning("command %s to %s not sent: %s", command_id, device_id, exc or "timeout")
@@ -169,33 +171,28 @@ class CommandService:
 
     async def _listen(self) -> None:
         target = self._settings.mqtt()
-        backoff = 0.5
+        delays = _RECONNECT.delays()
         while True:
+            options = ConnectOptions.from_target(target, f"pw-dash-{uuid.uuid4().hex[:12]}")
             try:
-                async with aiomqtt.Client(
-                    target.host,
-                    target.port,
-                    username=target.username,
-                    password=target.password,
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                    identifier=f"pw-dash-{uuid.uuid4().hex[:12]}",
-                    tls_context=ssl.create_default_context() if target.tls else None,
-                ) as client:
+                async with aiomqtt_client(options) as client:
                     await client.subscribe(REPLY_FILTER, qos=1)
-                    self._client, backoff = client, 0.5
+                    self._client, delays = client, _RECONNECT.delays()
                     self._connected.set()
                     async for message in client.messages:
                         await self._on_reply(str(message.topic), message.payload, message.properties)
             except aiomqtt.MqttError as exc:
-                log.warning("command listener lost the broker (%s); retrying in %.1fs", exc, backoff)
+                delay = next(delays)
+                log.warning("command listener lost the broker (%s); retrying in %.1fs", exc, delay)
+            else:
+                delay = next(delays)
             finally:
                 self._client = None
                 self._connected.clear()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+            await asyncio.sleep(delay)
 
     async def _on_reply(self, topic: str, payload: Any, properties: Properties | None) -> None:
-        device_id = topic.split("/")[3] if topic.count("/") == 5 else ""
+        device_id = topics.parse_command_reply(topic) or ""
         try:
             reply = CommandReply.model_validate_json(payload if isinstance(payload, bytes | str) else b"")
         except ValidationError as exc:

@@ -35,9 +35,9 @@ from ingest.metrics import IngestMetrics
 from ingest.validate import Quarantined, Telemetry, Validated, validate
 from ingest.writer import BatchOutcome, BatchWriter
 from pulsewire.errors import DatabaseError
-from pulsewire.quarantine import DEVICE_TOPIC_PREFIX, REPLAY_TOPIC_PREFIX
 from pulsewire.settings import Settings
 from schemas.payloads import QuarantineReason
+from schemas.topics import REPLAY_PREFIX, UPLINK_KINDS, unreplayed
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +163,9 @@ class IngestService:
         if self._intake_closed.is_set():
             return
         batch = self._batch
-        if raw[0].startswith(REPLAY_TOPIC_PREFIX):
+        if raw[0].startswith(REPLAY_PREFIX):
             batch.replayed.add(len(batch.raws))
-            raw = (DEVICE_TOPIC_PREFIX + raw[0][len(REPLAY_TOPIC_PREFIX) :], *raw[1:])
+            raw = (unreplayed(raw[0]), *raw[1:])
         item = self._validate(raw)
         batch.raws.append(raw)
         batch.items.append(item)
@@ -273,7 +273,7 @@ class IngestService:
         m = self.metrics
         kinds = Counter(raw[0].rsplit("/", 1)[-1] for raw in batch.raws)
         for kind, n in kinds.items():
-            m.messages.labels(kind if kind in ("telemetry", "event", "status") else "other").inc(n)
+            m.messages.labels(kind if kind in UPLINK_KINDS else "other").inc(n)
         m.readings.inc(outcome.readings)
         m.events.inc(outcome.events)
         m.duplicates.inc(outcome.duplicates)

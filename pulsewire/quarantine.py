@@ -22,16 +22,15 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from pulsewire.errors import BrokerError
+from pulsewire.mqtt import ConnectOptions, paho_client, paho_connect
 from pulsewire.settings import MqttTarget
+from schemas.topics import replay_of
 
 Conn = psycopg.Connection[dict[str, Any]]
-DEVICE_TOPIC_PREFIX = "pw/v1/dev/"
-REPLAY_TOPIC_PREFIX = "pw/v1/replay/"  # only the service login may publish here
 REPLAY_MAX_ROWS = 10_000  # rows one replay call takes; run it again for more
 _NO_MATCHING_SUBSCRIBERS = 16  # MQTT 5 PUBACK: the broker had nobody to give it to
 _ACK_TIMEOUT_S = 30.0
@@ -91,12 +90,13 @@ def replay_quarantine(
         todo: list[tuple[int, str, bytes]] = []
         for row in rows:
             qid, topic, payload = int(row["quarantine_id"]), str(row["topic"]), bytes(row["payload"])
-            if not topic.startswith(DEVICE_TOPIC_PREFIX):
+            replay_topic = replay_of(topic)
+            if replay_topic is None:
                 report.not_device_topic.append(qid)
             elif len(payload) < int(row["payload_size"]):
                 report.truncated.append(qid)
             else:
-                todo.append((qid, REPLAY_TOPIC_PREFIX + topic[len(DEVICE_TOPIC_PREFIX) :], payload))
+                todo.append((qid, replay_topic, payload))
         codes = publish_acknowledged(target, [(topic, payload) for _, topic, payload in todo]) if todo else []
         for (qid, _, _), code in zip(todo, codes, strict=True):
             (report.no_subscriber if code == _NO_MATCHING_SUBSCRIBERS else report.replayed).append(qid)
@@ -121,22 +121,12 @@ def publish_acknowledged(target: MqttTarget, messages: Sequence[tuple[str, bytes
         if len(codes) == len(messages):
             done.set()
 
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"pulsewire-replay-{secrets.token_hex(4)}",
-        protocol=mqtt.MQTTv5,
-    )
+    options = ConnectOptions.from_target(target, f"pulsewire-replay-{secrets.token_hex(4)}", keepalive_s=30)
+    client = paho_client(options)
     client.on_publish = on_publish
     client.max_inflight_messages_set(1_000)
     client.max_queued_messages_set(0)
-    if target.username:
-        client.username_pw_set(target.username, target.password)
-    if target.tls:
-        client.tls_set()
-    try:
-        client.connect(target.host, target.port, keepalive=30)
-    except (OSError, ValueError) as exc:
-        raise BrokerError(f"cannot reach the broker at {target.host}:{target.port}: {exc}") from exc
+    paho_connect(client, options)
     client.loop_start()
     try:
         mids = [client.publish(topic, payload, qos=1).mid for topic, payload in messages]

@@ -26,14 +26,15 @@ from urllib.parse import urlsplit
 
 import httpx
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
+from pulsewire.errors import BrokerError
+from pulsewire.mqtt import ConnectOptions, paho_client, paho_connect
 from pulsewire.settings import MqttTarget
 from relay import egress
 from relay.signing import HEADER, IDEMPOTENCY_HEADER, sign
+from schemas import topics
 
 log = logging.getLogger("pulsewire.relay")
-MQTT_TOPIC = "pw/v1/org/{org_id}/alerts"
 # At most this much of an answer is read; the rest is never downloaded.
 ANSWER_MAX_BYTES = 64 * 1024
 ERROR_MAX_CHARS = 300
@@ -169,16 +170,10 @@ class Channels:
     def _connect_mqtt(self) -> mqtt.Client:
         target = self._mqtt_target
         assert target is not None
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"{self._client_id}-{time.monotonic_ns()}",
-            protocol=mqtt.MQTTv5,
-        )
-        if target.username:
-            client.username_pw_set(target.username, target.password)
-        if target.tls:
-            client.tls_set_context(ssl.create_default_context())
-        client.connect(target.host, target.port, keepalive=30)
+        client_id = f"{self._client_id}-{time.monotonic_ns()}"
+        options = ConnectOptions.from_target(target, client_id, keepalive_s=30)
+        client = paho_client(options)
+        paho_connect(client, options)
         client.loop_start()
         return client
 
@@ -191,11 +186,13 @@ class Channels:
                 if self._mqtt is None:
                     self._mqtt = self._connect_mqtt()
                 client = self._mqtt
-            info = client.publish(MQTT_TOPIC.format(org_id=d.org_id), d.body.encode(), qos=1)
+            info = client.publish(topics.org_alerts(d.org_id), d.body.encode(), qos=1)
             info.wait_for_publish(self._timeout_s)
             if info.is_published():
                 return Outcome(True)
             error = f"not acknowledged by the broker (rc={info.rc})"
+        except BrokerError as exc:  # the ledger names the failure, not the broker's address
+            error = describe(exc.__cause__ or exc)
         except (OSError, ValueError, RuntimeError) as exc:
             error = describe(exc)
         self._drop_mqtt()

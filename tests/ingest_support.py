@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from pulsewire.settings import MqttTarget
+from schemas import topics
 from tests.helpers import wait_for  # noqa: F401 (re-exported: the ingest tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def telemetry(device_id: str, seq: int, readings: Sequence[tuple[str, float]], *
         "schema": "pulsewire.telemetry/1", "device_id": device_id, "boot_id": boot_id, "seq": seq,
         "sent_at": stamp, "readings": [{"ts": stamp, "metric": m, "value": v} for m, v in readings],
     }  # fmt: skip
-    return f"pw/v1/dev/{device_id}/telemetry", json.dumps(body).encode()
+    return topics.telemetry(device_id), json.dumps(body).encode()
 
 
 def event(device_id: str, seq: int, type_: str, data: dict[str, Any] | None = None, *, boot_id: str = "b1",
@@ -44,12 +45,12 @@ def event(device_id: str, seq: int, type_: str, data: dict[str, Any] | None = No
         "schema": "pulsewire.event/1", "device_id": device_id, "boot_id": boot_id, "seq": seq,
         "ts": iso(ts or datetime.now(UTC)), "type": type_, "data": data or {},
     }  # fmt: skip
-    return f"pw/v1/dev/{device_id}/event", json.dumps(body).encode()
+    return topics.event(device_id), json.dumps(body).encode()
 
 
 def status(device_id: str, state: str, ts: datetime) -> Message:
     body = {"schema": "pulsewire.status/1", "device_id": device_id, "state": state, "ts": iso(ts)}
-    return f"pw/v1/dev/{device_id}/status", json.dumps(body).encode()
+    return topics.status(device_id), json.dumps(body).encode()
 
 
 class Publisher:

@@ -17,6 +17,7 @@ from paho.mqtt.properties import Properties
 
 from pulsewire.registry import DeviceCredentials
 from pulsewire.stack import StackInfo
+from schemas import topics
 from tests.fix_api import Users, assert_error
 from tests.fix_db import World
 
@@ -32,7 +33,7 @@ class Responder:
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{creds.device_id}", protocol=mqtt.MQTTv5
         )
         self.client.username_pw_set(creds.mqtt_username, creds.mqtt_password)
-        self.client.on_connect = lambda c, *_: c.subscribe(f"pw/v1/dev/{self.device_id}/cmd", qos=1)
+        self.client.on_connect = lambda c, *_: c.subscribe(topics.command(self.device_id), qos=1)
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.connect(info.mqtt_host, info.mqtt_port)

@@ -17,6 +17,7 @@ import pytest
 from ingest import IngestService
 from pulsewire.settings import Settings
 from pulsewire.stack import StackInfo
+from schemas import topics
 from tests.fix_db import World
 from tests.ingest_support import Message, Publisher, event, iso, status, telemetry, wait_for
 
@@ -117,7 +118,7 @@ def test_mosquitto_pub_with_the_devices_own_credentials(world: World, stack_info
 def _bad_messages(now: datetime) -> list[tuple[str, Message]]:
     dev = "imp-q"
     good = json.loads(telemetry(dev, 0, [("heart_rate_bpm", 70)])[1])
-    topic = f"pw/v1/dev/{dev}/telemetry"
+    topic = topics.telemetry(dev)
 
     def tele(**changes: Any) -> bytes:
         return json.dumps({**good, **changes}).encode()

@@ -29,6 +29,7 @@ from relay.deliver import RetryPolicy
 from relay.rules import seed_defaults
 from relay.service import RelayConfig, RelayWorker
 from relay.signing import verify
+from schemas import topics
 from tests.fix_db import World
 from tests.relay_support import assert_vendor_safe, commit_batch, wait_for, webhook_receiver
 
@@ -121,7 +122,7 @@ def test_mqtt_vendor_copy_carries_no_owner_or_clinical_data(
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_message = lambda c, u, m: got.append((m.topic, json.loads(m.payload)))
     client.connect(target.host, target.port)
-    client.subscribe("pw/v1/org/+/alerts", qos=1)
+    client.subscribe(topics.org_alerts_filter(), qos=1)
     client.loop_start()
     try:
         assert subscribed.wait(5)
@@ -140,8 +141,8 @@ def test_mqtt_vendor_copy_carries_no_owner_or_clinical_data(
         client.loop_stop()
         client.disconnect()
     mine = [(t, b) for t, b in got if b["alert"]["device"].get("serial") == "ICD-MQTT"]
-    vendor = [b for t, b in mine if t == f"pw/v1/org/{world.implant_vendor_id}/alerts"]
-    clinic = [b for t, b in mine if t == f"pw/v1/org/{world.clinic_id}/alerts"]
+    vendor = [b for t, b in mine if t == topics.org_alerts(world.implant_vendor_id)]
+    clinic = [b for t, b in mine if t == topics.org_alerts(world.clinic_id)]
     assert {b["alert"]["rule_key"] for b in clinic} >= {
         "implant.shock_delivered",
         "implant.lead_impedance_range",

@@ -20,11 +20,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from devices.simulator import scenarios
-from devices.simulator.device import SimDevice, topic
+from devices.simulator.device import SimDevice
 from devices.simulator.runner import ScenarioRun
 from ingest.service import IngestService
 from pulsewire.errors import ScenarioError
 from pulsewire.settings import Settings
+from schemas import topics
 from schemas.catalogue import EVENT_TYPES, metric_for
 from schemas.payloads import CommandReply
 from tests.fix_simulator import Simulator
@@ -161,7 +162,7 @@ async def test_a_command_gets_its_reply_with_the_same_correlation_data(
 
     observer.on_message = on_message
     observer.connect(target.host, target.port)
-    observer.subscribe(topic(login.device_id, "cmd/reply"), qos=1)
+    observer.subscribe(topics.command_reply(login.device_id), qos=1)
     observer.loop_start()
     try:
         task = asyncio.create_task(sim.scenario("normal_commute", login=login, time_scale=20_000))
@@ -169,12 +170,12 @@ async def test_a_command_gets_its_reply_with_the_same_correlation_data(
         corr = uuid.uuid4().bytes
         props = Properties(PacketTypes.PUBLISH)
         props.CorrelationData = corr
-        props.ResponseTopic = topic(login.device_id, "cmd/reply")
+        props.ResponseTopic = topics.command_reply(login.device_id)
         body = (
             b'{"schema":"pulsewire.command/1","command_id":"c-1","name":"clear_dtc","args":{},'
             b'"sent_at":"2026-01-01T00:00:00Z"}'
         )
-        observer.publish(topic(login.device_id, "cmd"), body, qos=1, properties=props).wait_for_publish(5)
+        observer.publish(topics.command(login.device_id), body, qos=1, properties=props).wait_for_publish(5)
         payload, got_corr = await asyncio.wait_for(replies.get(), 10)
         run = await task
     finally:
@@ -226,7 +227,7 @@ def stored(conn: psycopg.Connection[Any], run: ScenarioRun) -> tuple[Counter[Any
         r["reason"]
         for r in conn.execute(
             "SELECT reason FROM quarantine WHERE topic LIKE %s OR device_id LIKE %s",
-            (f"pw/v1/dev/%{run.device_id}%", f"{run.device_id}%"),
+            (f"{topics.DEVICE_PREFIX}%{run.device_id}%", f"{run.device_id}%"),
         )
     ]
     return readings, events, quarantined

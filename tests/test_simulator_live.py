@@ -23,11 +23,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from devices.simulator import scenarios
-from devices.simulator.device import Message, SimDevice, topic
+from devices.simulator.device import Message, SimDevice
 from devices.simulator.live import LiveOptions, run_live
 from devices.simulator.live_sources import LiveImplant, LiveVehicle, incident_plan
 from ingest.service import IngestService
 from pulsewire.settings import Settings
+from schemas import topics
 from schemas.catalogue import EVENT_TYPES, metric_for
 from tests.fix_simulator import Simulator
 from tests.helpers import wait_for
@@ -123,7 +124,7 @@ def retained_status(settings: Settings, device_id: str) -> dict[str, Any]:
     client.username_pw_set(target.username, target.password)
     client.on_message = lambda c, u, msg: got.append(bytes(msg.payload))
     client.connect(target.host, target.port)
-    client.subscribe(topic(device_id, "status"), qos=1)
+    client.subscribe(topics.status(device_id), qos=1)
     client.loop_start()
     try:
         wait_for(lambda: got, 5, "the retained status")
@@ -205,12 +206,12 @@ async def test_request_transmission_uploads_what_the_implant_stored(
         observer.loop_start()
         props = Properties(PacketTypes.PUBLISH)
         props.CorrelationData = b"corr-1"
-        props.ResponseTopic = topic(login.device_id, "cmd/reply")
+        props.ResponseTopic = topics.command_reply(login.device_id)
         body = (
             b'{"schema":"pulsewire.command/1","command_id":"c-7","name":"request_transmission","args":{},'
             b'"sent_at":"2026-01-01T00:00:00Z"}'
         )
-        observer.publish(topic(login.device_id, "cmd"), body, qos=1, properties=props).wait_for_publish(5)
+        observer.publish(topics.command(login.device_id), body, qos=1, properties=props).wait_for_publish(5)
         observer.loop_stop()
         observer.disconnect()
         await asyncio.to_thread(wait_for, lambda: count(remote) == 1, 10, "the requested transmission")

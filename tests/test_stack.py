@@ -22,6 +22,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from pulsewire import brokerauth
 from pulsewire.stack import SERVICE_USER, Stack, StackError, StackInfo
+from schemas import topics
 from tests.fix_stack import new_state_dir
 
 WAIT_S = 5.0
@@ -170,7 +171,7 @@ def test_database_url_reaches_a_tuned_durable_postgres(stack_info: StackInfo) ->
 
 
 def test_service_user_publishes_and_subscribes(stack_info: StackInfo) -> None:
-    topic = f"pw/v1/test/{unique('svc')}"
+    topic = topics.scratch(unique("svc"))
     sub, pub = service(stack_info), service(stack_info)
     assert not sub.connect()[0].is_failure and not pub.connect()[0].is_failure
     try:
@@ -188,7 +189,7 @@ def test_new_device_connects_after_reload_without_restart(own_stack: Stack) -> N
     device, password = unique("dev"), brokerauth.new_password()
     listener = service(info)
     listener.connect()
-    listener.subscribe(f"pw/v1/dev/{device}/#")
+    listener.subscribe(topics.device_filter(device))
     try:
         own_stack.reload_broker_auth([(device, brokerauth.hash_password(password))])
         after = own_stack.status()
@@ -196,9 +197,9 @@ def test_new_device_connects_after_reload_without_restart(own_stack: Stack) -> N
 
         peer = Peer(info, device, password)
         assert not peer.connect()[0].is_failure
-        peer.publish(f"pw/v1/dev/{device}/telemetry", b"{}")
+        peer.publish(topics.telemetry(device), b"{}")
         peer.close()
-        assert listener.received() == [(f"pw/v1/dev/{device}/telemetry", b"{}")]
+        assert listener.received() == [(topics.telemetry(device), b"{}")]
 
         assert Peer(info, device, "wrong").connect()[0].value == NOT_AUTHORIZED
         assert Peer(info, unique("nobody"), password).connect()[0].value == NOT_AUTHORIZED
@@ -214,19 +215,19 @@ def test_device_reaches_only_its_own_topics(own_stack: Stack) -> None:
     own_stack.reload_broker_auth([(d, brokerauth.hash_password(secret)) for d in (alice, bob)])
     watcher, device = service(info), Peer(info, alice, secret)
     watcher.connect()
-    watcher.subscribe("pw/v1/#")
+    watcher.subscribe(topics.EVERYTHING)
     device.connect()
     try:
-        device.publish(f"pw/v1/dev/{bob}/telemetry", b"forged")
-        device.publish(f"pw/v1/org/{alice}/alerts", b"forged")
-        device.publish(f"pw/v1/dev/{alice}/telemetry", b"mine")  # same path, so it arrives last
-        assert watcher.received() == [(f"pw/v1/dev/{alice}/telemetry", b"mine")]
+        device.publish(topics.telemetry(bob), b"forged")
+        device.publish(topics.org_alerts(1), b"forged")
+        device.publish(topics.telemetry(alice), b"mine")  # same path, so it arrives last
+        assert watcher.received() == [(topics.telemetry(alice), b"mine")]
 
-        device.subscribe(f"pw/v1/dev/{bob}/cmd")
-        assert device.subscribe(f"pw/v1/dev/{alice}/cmd").value == 1
-        watcher.publish(f"pw/v1/dev/{bob}/cmd", b"not yours")
-        watcher.publish(f"pw/v1/dev/{alice}/cmd", b"yours")
-        assert device.received() == [(f"pw/v1/dev/{alice}/cmd", b"yours")]
+        device.subscribe(topics.command(bob))
+        assert device.subscribe(topics.command(alice)).value == 1
+        watcher.publish(topics.command(bob), b"not yours")
+        watcher.publish(topics.command(alice), b"yours")
+        assert device.received() == [(topics.command(alice), b"yours")]
     finally:
         device.close()
         watcher.close()
@@ -251,7 +252,7 @@ def test_postgres_restart_keeps_port_and_data(own_stack: Stack) -> None:
 def test_restart_broker_keeps_port_and_queued_qos1(own_stack: Stack) -> None:
     info = own_stack.status()
     assert info is not None
-    topic, client_id = f"pw/v1/test/{unique('durable')}", unique("ingest")
+    topic, client_id = topics.scratch(unique("durable")), unique("ingest")
     consumer = service(info, client_id)
     consumer.connect(clean_start=False, session_expiry_s=3600)
     consumer.subscribe(topic)

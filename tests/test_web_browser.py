@@ -23,6 +23,7 @@ from ingest.service import IngestService
 from pulsewire.db import connect
 from pulsewire.settings import Settings
 from pulsewire.stack import StackInfo
+from schemas import topics
 from tests.fix_browser import PASSWORD, PHONE, LiveServer, WebPeople, insert_alert, screenshot
 from tests.fix_db import World
 
@@ -63,7 +64,7 @@ def publish_history(stack_info: StackInfo, device_id: str, password: str, hours:
             "sent_at": now.isoformat().replace("+00:00", "Z"),
             "readings": readings,
         }
-        infos.append(client.publish(f"pw/v1/dev/{device_id}/telemetry", json.dumps(payload), qos=1))
+        infos.append(client.publish(topics.telemetry(device_id), json.dumps(payload), qos=1))
     for info in infos:
         info.wait_for_publish(10)
     client.disconnect()

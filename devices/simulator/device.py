@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from devices.simulator.signals import Sample
+from schemas import topics
 from schemas.commands import COMMANDS, CommandArgs, RequestTransmissionArgs, parse_args
 from schemas.payloads import (
     EVENT_SCHEMA,
@@ -26,7 +27,6 @@ from schemas.payloads import (
     CommandRequest,
 )
 
-TOPIC_PREFIX = "pw/v1/dev"
 STORE = "store"  # expected fate of a message: stored; otherwise a QuarantineReason value or DUPLICATE
 DUPLICATE = "duplicate"
 
@@ -39,11 +39,6 @@ def iso(ts: datetime) -> str:
 def on_wire(ts: datetime) -> datetime:
     """`ts` as the server reads it back from `iso(ts)`: milliseconds, no finer."""
     return ts.replace(microsecond=ts.microsecond // 1000 * 1000)
-
-
-def topic(device_id: str, leaf: str) -> str:
-    """A device topic: `pw/v1/dev/{device_id}/{leaf}`."""
-    return f"{TOPIC_PREFIX}/{device_id}/{leaf}"
 
 
 @dataclass(frozen=True)
@@ -108,7 +103,7 @@ class SimDevice:
             "readings": [{"ts": iso(ts), "metric": m, "value": v} for ts, m, v in readings],
         }
         return Message(
-            topic(self.device_id, "telemetry"),
+            topics.telemetry(self.device_id),
             encode(body),
             sent_at,
             expect,
@@ -128,9 +123,7 @@ class SimDevice:
             "type": type_,
             "data": data or {},
         }
-        return Message(
-            topic(self.device_id, "event"), encode(body), sent_at or ts, event=(on_wire(ts), type_)
-        )
+        return Message(topics.event(self.device_id), encode(body), sent_at or ts, event=(on_wire(ts), type_))
 
     def status(self, state: str, ts: datetime | None = None) -> bytes:
         """The retained presence payload; without `ts` for the Will, which cannot know when."""

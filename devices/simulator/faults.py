@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from devices.simulator.device import DUPLICATE, STORE, Message, SimDevice, encode, iso, on_wire, topic
+from devices.simulator.device import DUPLICATE, STORE, Message, SimDevice, encode, iso, on_wire
+from schemas import topics
 from schemas.payloads import EVENT_SCHEMA, MAX_PAYLOAD_BYTES, MAX_READINGS, TELEMETRY_SCHEMA, QuarantineReason
 
 Fault = Callable[[list[Message], SimDevice, np.random.Generator, dict[str, Any], datetime], list[Message]]
@@ -146,7 +147,7 @@ def _bad_messages(device: SimDevice, now: datetime, ghost_id: str) -> list[Messa
     def one(metric: str, value: float, ts: str = good_ts) -> list[dict[str, Any]]:
         return [{"ts": ts, "metric": metric, "value": value}]
 
-    own = topic(device.device_id, "telemetry")
+    own = topics.telemetry(device.device_id)
     many = [{"ts": good_ts, "metric": "rpm", "value": 800.0}] * (MAX_READINGS + 1)
     padded = encode(tel(one("rpm", 800.0))) + b" " * (MAX_PAYLOAD_BYTES + 1024)
     event = {
@@ -167,7 +168,7 @@ def _bad_messages(device: SimDevice, now: datetime, ghost_id: str) -> list[Messa
         (R.DEVICE_MISMATCH, own, encode(tel(one("rpm", 800.0), device_id=ghost_id)), False),
         (
             R.UNREGISTERED_DEVICE,
-            topic(ghost_id, "telemetry"),
+            topics.telemetry(ghost_id),
             encode(tel(one("rpm", 800.0), device_id=ghost_id)),
             True,
         ),
@@ -177,9 +178,9 @@ def _bad_messages(device: SimDevice, now: datetime, ghost_id: str) -> list[Messa
         (R.FUTURE_TIMESTAMP, own, encode(tel(one("rpm", 800.0, iso(now + timedelta(hours=2))))), False),
         (R.TOO_OLD, own, encode(tel(one("rpm", 800.0, iso(now - timedelta(days=20 * 365))))), False),
         (R.NUL_IN_STRING, own, encode(tel(one("rpm", 800.0), boot_id="b\x00")), False),
-        (R.UNKNOWN_EVENT_TYPE, topic(device.device_id, "event"), encode(event), False),
+        (R.UNKNOWN_EVENT_TYPE, topics.event(device.device_id), encode(event), False),
         # Not a device topic (no valid device id in it), though under the prefix ingest reads.
-        (R.UNKNOWN_TOPIC, topic("~" + device.device_id, "telemetry"), encode(tel(one("rpm", 800.0))), True),
+        (R.UNKNOWN_TOPIC, topics.telemetry("~" + device.device_id), encode(tel(one("rpm", 800.0))), True),
     ]
     return [Message(t, body, now, _reason(reason), as_service=svc) for reason, t, body, svc in cases]
 

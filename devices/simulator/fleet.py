@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from devices.simulator.device import SimDevice, iso, topic
+from devices.simulator.device import SimDevice, iso
 from devices.simulator.runner import DeviceLogin, command_handler, link_config
 from devices.simulator.signals import (
     ImplantState,
@@ -26,6 +26,7 @@ from devices.simulator.signals import (
 from devices.simulator.transport import Counters, MqttLink
 from pulsewire.errors import BrokerError
 from pulsewire.settings import MqttTarget
+from schemas import topics
 from schemas.payloads import TELEMETRY_SCHEMA
 
 TICK_S = 0.005
@@ -62,7 +63,7 @@ class _Member:
     def __init__(self, login: DeviceLogin, link: MqttLink, device: SimDevice, block: list[tuple[str, float]]):
         self.login, self.link, self.device, self.block = login, link, device, block
         self.cursor = 0
-        self.topic = topic(login.device_id, "telemetry")
+        self.topic = topics.telemetry(login.device_id)
         self.head = (
             f'{{"schema":"{TELEMETRY_SCHEMA}","device_id":"{login.device_id}",'
             f'"boot_id":"{device.boot_id}","seq":'
@@ -114,7 +115,7 @@ class Fleet:
                 ref.append(link)
                 await link.connect()
                 status = device.status("online", datetime.now(UTC))
-                await link.publish(topic(login.device_id, "status"), status, retain=True)
+                await link.publish(topics.status(login.device_id), status, retain=True)
                 return _Member(login, link, device, signal_block(login.kind, self.seed, login.device_id))
 
         results = await asyncio.gather(*(one(login) for login in self.logins), return_exceptions=True)
@@ -175,7 +176,7 @@ class Fleet:
 
         async def one(member: _Member) -> None:
             offline = member.device.status("offline", datetime.now(UTC))
-            await member.link.close((topic(member.login.device_id, "status"), offline))
+            await member.link.close((topics.status(member.login.device_id), offline))
 
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 

@@ -21,13 +21,14 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from devices.simulator.device import Message, SimDevice, topic
+from devices.simulator.device import Message, SimDevice
 from devices.simulator.live_sources import Incident, LiveImplant, LiveVehicle, incident_plan
 from devices.simulator.runner import DeviceLogin, link_config
 from devices.simulator.signals import DAY_S
 from devices.simulator.transport import Counters, Incoming, MqttLink
 from pulsewire.errors import BrokerError
 from pulsewire.settings import MqttTarget
+from schemas import topics
 from schemas.payloads import CommandReply, CommandRequest
 
 TICK_S = 0.2  # how often each device looks at its clock
@@ -164,7 +165,7 @@ async def run_live(
         offline_at = clock.now()
         await asyncio.gather(
             *(
-                link.close((topic(s.device.device_id, "status"), s.device.status("offline", offline_at)))
+                link.close((topics.status(s.device.device_id), s.device.status("offline", offline_at)))
                 for s, link in zip(sources, links, strict=True)
             )
         )
@@ -188,14 +189,14 @@ async def _connect(
     async with gate:
         await link.connect()
     await link.publish(
-        topic(login.device_id, "status"), source.device.status("online", clock.now()), retain=True
+        topics.status(login.device_id), source.device.status("online", clock.now()), retain=True
     )
     return link
 
 
 def _command_handler(source: Source, ref: list[MqttLink], clock: SimClock) -> Callable[[Incoming], None]:
     """Reply as the scenario devices do; after an `ok`, let the source act (its messages go out next tick)."""
-    reply_topic = topic(source.device.device_id, "cmd/reply")
+    reply_topic = topics.command_reply(source.device.device_id)
 
     def handle(msg: Incoming) -> None:
         payload = source.device.answer(msg.payload)

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from devices.simulator.device import DUPLICATE, STORE, Message, SimDevice, topic
+from devices.simulator.device import DUPLICATE, STORE, Message, SimDevice
 from devices.simulator.scenarios import Scenario, build_plan
 from devices.simulator.signals import Sample
-from devices.simulator.transport import Counters, Incoming, LinkConfig, MqttLink
+from devices.simulator.transport import Counters, Incoming, LinkConfig, MqttLink, link_options
 from pulsewire.settings import MqttTarget
+from schemas import topics
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,10 @@ def link_config(
 ) -> LinkConfig:
     """A device's MQTT login: its own credentials, a retained `offline` Will, its command topic."""
     return LinkConfig(
-        host=target.host,
-        port=target.port,
-        username=login.device_id,
-        password=login.password,
-        client_id=login.device_id,
-        will_topic=topic(login.device_id, "status"),
+        link_options(target, login.device_id, login.password, login.device_id),
+        will_topic=topics.status(login.device_id),
         will_payload=device.status("offline"),
-        subscribe=[topic(login.device_id, "cmd")],
+        subscribe=[topics.command(login.device_id)],
         max_inflight=max_inflight,
     )
 
@@ -82,7 +79,7 @@ def command_handler(
     device: SimDevice, link_ref: list[MqttLink], sink: list[bytes] | None = None
 ) -> Callable[[Incoming], None]:
     """Answer commands on the reply topic with the request's correlation data."""
-    reply_topic = topic(device.device_id, "cmd/reply")
+    reply_topic = topics.command_reply(device.device_id)
 
     def handle(msg: Incoming) -> None:
         payload = device.answer(msg.payload)
@@ -122,7 +119,7 @@ async def run_scenario(
     loop = asyncio.get_running_loop()
     began = loop.time()
     try:
-        await link.publish(topic(device.device_id, "status"), device.status("online", start), retain=True)
+        await link.publish(topics.status(device.device_id), device.status("online", start), retain=True)
         if any(m.as_service for m in messages):
             service = await _service_link(target, counters)
         scale = time_scale or scenario.time_scale
@@ -137,7 +134,7 @@ async def run_scenario(
         if any(s.action == "silent" for s in scenario.timeline):
             link.abort()  # the monitor lost power: no `offline` of its own, the Will says it
         else:
-            await link.close((topic(device.device_id, "status"), device.status("offline", datetime.now(UTC))))
+            await link.close((topics.status(device.device_id), device.status("offline", datetime.now(UTC))))
         if service is not None:
             await service.close()
     run.wall_s = loop.time() - began
@@ -173,11 +170,7 @@ async def _wait_until(loop: asyncio.AbstractEventLoop, deadline: float) -> None:
 async def _service_link(target: MqttTarget, counters: Counters) -> MqttLink:
     """The service login, for the bad messages a device's ACL would not let through."""
     cfg = LinkConfig(
-        host=target.host,
-        port=target.port,
-        username=target.username or "",
-        password=target.password or "",
-        client_id=f"pw-sim-service-{id(counters):x}",
+        link_options(target, target.username or "", target.password or "", f"pw-sim-service-{id(counters):x}")
     )
     link = MqttLink(cfg, counters)
     await link.connect()

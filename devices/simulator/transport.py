@@ -3,8 +3,8 @@
 paho does the protocol; we drive its sockets from the loop (`add_reader`/`add_writer`) the way
 aiomqtt does, instead of one network thread per client, so thousands of devices share one
 process. Acknowledgements only bump counters and wake a waiting publisher: no future per message,
-which is what keeps the publish rate high. paho types stay in this module; its errors leave it
-as `BrokerError`.
+which is what keeps the publish rate high. The client, its login, TLS and reconnect backoff come
+from `pulsewire.mqtt`. paho types stay in this module; its errors leave it as `BrokerError`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from pulsewire.errors import BrokerError
+from pulsewire.mqtt import Backoff, ConnectOptions, paho_client, paho_connect
+from pulsewire.settings import MqttTarget
 
 MISC_INTERVAL_S = 1.0
-RECONNECT_MIN_S = 0.05
-RECONNECT_MAX_S = 5.0
 SESSION_EXPIRY_S = 300
+
+
+def link_options(target: MqttTarget, username: str, password: str, client_id: str) -> ConnectOptions:
+    """A simulated login on `target`'s broker: a session kept across its own reconnects, quick retries."""
+    return ConnectOptions.from_target(
+        target, client_id, username=username, password=password, keepalive_s=60, clean_start="first_only",
+        session_expiry_s=SESSION_EXPIRY_S, backoff=Backoff(first_s=0.05, max_s=5.0),
+    )  # fmt: skip
 
 
 @dataclass
@@ -54,18 +62,18 @@ class Incoming:
 
 @dataclass
 class LinkConfig:
-    """Where and who: one device's login."""
+    """Where and who (`link_options`), the Will, what to subscribe to, and the in-flight bound."""
 
-    host: str
-    port: int
-    username: str
-    password: str
-    client_id: str
+    connect: ConnectOptions
     will_topic: str | None = None
     will_payload: bytes = b""
     subscribe: list[str] = field(default_factory=list)
     max_inflight: int = 100
-    keepalive_s: int = 60
+
+    @property
+    def username(self) -> str:
+        """The login, for messages."""
+        return self.connect.username or ""
 
 
 class MqttLink:
@@ -86,7 +94,7 @@ class MqttLink:
         self._connected = asyncio.Event()
         self._first_connect: asyncio.Future[None] = self._loop.create_future()
         self._closing = False
-        self._backoff_s = RECONNECT_MIN_S
+        self._delays = config.connect.backoff.delays()
         self._misc: asyncio.TimerHandle | None = None
         self._fd: int | None = None
         self._writing = False
@@ -95,8 +103,7 @@ class MqttLink:
 
     def _build_client(self) -> mqtt.Client:
         cfg = self.config
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5)
-        client.username_pw_set(cfg.username, cfg.password)
+        client = paho_client(cfg.connect)
         # The in-flight bound is ours (publish waits); paho's own queue then never grows past it.
         client.max_inflight_messages_set(cfg.max_inflight)
         client.max_queued_messages_set(cfg.max_inflight * 2)
@@ -119,20 +126,7 @@ class MqttLink:
 
     async def connect(self, timeout_s: float = 10.0) -> None:
         """Connect (clean start the first time only) and wait for the broker's CONNACK."""
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        try:
-            self._client.connect(
-                self.config.host,
-                self.config.port,
-                self.config.keepalive_s,
-                clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-                properties=props,
-            )
-        except OSError as exc:
-            raise BrokerError(
-                f"cannot reach the broker at {self.config.host}:{self.config.port}: {exc}"
-            ) from exc
+        paho_connect(self._client, self.config.connect)
         try:
             async with asyncio.timeout(timeout_s):
                 await self._first_connect
@@ -226,7 +220,7 @@ class MqttLink:
                 )
             return
         self._connected.set()
-        self._backoff_s = RECONNECT_MIN_S
+        self._delays = self.config.connect.backoff.delays()
         self.counters.connected += 1
         for topic in self.config.subscribe:
             client.subscribe(topic, qos=1)
@@ -239,8 +233,7 @@ class MqttLink:
         self._connected.clear()
         if not self._closing:
             self.counters.reconnects += 1
-            self._loop.call_later(self._backoff_s, self._reconnect)
-            self._backoff_s = min(self._backoff_s * 2, RECONNECT_MAX_S)
+            self._loop.call_later(next(self._delays), self._reconnect)
 
     def _reconnect(self) -> None:
         if self._closing:
@@ -249,8 +242,7 @@ class MqttLink:
             self._client.reconnect()
         except OSError as exc:
             self._error(f"{self.config.username}: reconnect failed: {exc}")
-            self._loop.call_later(self._backoff_s, self._reconnect)
-            self._backoff_s = min(self._backoff_s * 2, RECONNECT_MAX_S)
+            self._loop.call_later(next(self._delays), self._reconnect)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         self._inflight = max(0, self._inflight - 1)

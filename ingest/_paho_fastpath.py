@@ -1,0 +1,76 @@
+"""The only code of Pulsewire that touches paho's private methods: ingest's receive and ack path.
+
+Why: in the network thread, paho's own handling of a message is most of the cost of ingest. It
+reads each packet's fixed header a byte at a time (three `recv()` calls a message), builds a
+`Properties` object, an `MQTTMessage` and a debug log line and matches callbacks per message, and
+`ack()` costs a wake-up byte and a `send()` per message. `FastClient` reads ahead, hands the common
+QoS 1 PUBLISH straight to a sink, and queues many PUBACKs as one write; see docs/benchmarks.md
+for what it measured. Everything else (CONNECT, SUBSCRIBE, keepalive, other publishes) is paho's.
+
+It overrides or calls three private members of `paho.mqtt.client.Client`, with their 2.2 shapes:
+`_sock_recv(bufsize) -> bytes`, `_handle_publish() -> MQTTErrorCode` reading `_in_packet["command"]`
+and `_in_packet["packet"]`, and `_packet_queue(command, packet, mid, qos)`; it also reads `_sock`.
+The paho pin in pyproject.toml points here, and `tests/test_paho_fastpath.py` fails when any of
+them changes shape, before a silent misbehaviour could.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+
+FastSink = Callable[[str, bytes, int], None]  # topic, payload, mid of a QoS 1 message
+_PUBACK = struct.Struct("!BBH")  # fixed header (PUBACK, remaining length 2), packet id: "success"
+READ_SIZE = 256 * 1024
+
+
+class FastClient(mqtt.Client):
+    """A paho client whose QoS 1 messages without properties go to `fast_sink`, read ahead in bulk.
+
+    paho only ever calls `_sock_recv` for bytes it needs next, so serving them from our own buffer
+    is transparent; the buffer belongs to one socket and is dropped when paho opens another.
+    """
+
+    def __init__(self, *args: Any, fast_sink: FastSink, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = b""
+        self._rpos = 0
+        self._rsock: object = None
+        self._fast_sink = fast_sink
+
+    def buffered(self) -> bool:
+        """Whether bytes already read from the current socket wait to be parsed (select() cannot see them)."""
+        return self._rpos < len(self._rbuf) and self._rsock is self._sock
+
+    def queue_pubacks(self, mids: Iterable[int]) -> None:
+        """Queue a PUBACK ("success") for each QoS 1 packet id as one write; nothing when not connected."""
+        blob = b"".join(_PUBACK.pack(0x40, 2, mid) for mid in mids)
+        if blob and self.socket() is not None:
+            self._packet_queue(PacketTypes.PUBACK << 4, blob, 0, 0)
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        command, packet = self._in_packet["command"], self._in_packet["packet"]
+        end_topic = 2 + (packet[0] << 8 | packet[1])
+        # QoS 1 and an empty property block only; anything else (QoS 0 or 2, properties) is paho's.
+        if (command & 0x06) != 0x02 or len(packet) < end_topic + 3 or packet[end_topic + 2] != 0:
+            return super()._handle_publish()
+        mid = packet[end_topic] << 8 | packet[end_topic + 1]
+        # Mosquitto only forwards valid UTF-8 topics; a bad one becomes an unknown topic, not a crash.
+        topic = packet[2:end_topic].decode("utf-8", "replace")
+        self._fast_sink(topic, bytes(packet[end_topic + 3 :]), mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if not self.buffered():
+            data = super()._sock_recv(READ_SIZE)  # raises BlockingIOError when there is none
+            if len(data) <= bufsize:  # also b"": the connection is closed
+                return data
+            self._rbuf, self._rpos, self._rsock = data, 0, self._sock
+        pos = self._rpos
+        self._rpos = pos + bufsize
+        return self._rbuf[pos : pos + bufsize]
