@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from pulsewire import registry
 from pulsewire.db import connect, transaction
@@ -103,11 +103,18 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
-    """Pages in fresh browser contexts (own cookies), closed after the test."""
+    """Pages in fresh browser contexts (own cookies), closed after the test; a context may have a
+    time zone of its own and JavaScript switched off."""
     contexts = []
 
-    def make(viewport: dict[str, int] | None = None) -> Page:
-        context = browser.new_context(viewport=viewport or LAPTOP)  # type: ignore[arg-type]
+    def make(
+        viewport: dict[str, int] | None = None, *, timezone_id: str | None = None, javascript: bool = True
+    ) -> Page:
+        context = browser.new_context(
+            viewport=viewport or LAPTOP,  # type: ignore[arg-type]
+            timezone_id=timezone_id,
+            java_script_enabled=javascript,
+        )
         context.set_default_timeout(10_000)
         contexts.append(context)
         return context.new_page()
@@ -115,6 +122,15 @@ def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
     yield make
     for context in contexts:
         context.close()
+
+
+def login(page: Page, base: str, email: str) -> None:
+    """Sign in through the login form (a plain form: no script needed) as `email`."""
+    page.goto(f"{base}/login")
+    page.get_by_label("E-mail").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
 
 def screenshot(page: Page, name: str, *, full_page: bool = True) -> Path:

@@ -24,7 +24,7 @@ from pulsewire.db import connect
 from pulsewire.settings import Settings
 from pulsewire.stack import StackInfo
 from schemas import topics
-from tests.fix_browser import PASSWORD, PHONE, LiveServer, WebPeople, insert_alert, screenshot
+from tests.fix_browser import PHONE, LiveServer, WebPeople, insert_alert, login, screenshot
 from tests.fix_db import World
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -124,14 +124,6 @@ def wait_for_listener(db_url: str, timeout_s: float = 10) -> None:
 @pytest.fixture
 def page(new_page: Callable[..., Page]) -> Iterator[Page]:
     yield new_page()
-
-
-def login(page: Page, base: str, email: str) -> None:
-    page.goto(f"{base}/login")
-    page.get_by_label("E-mail").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
 
 def test_clinician_sees_fleet_and_implant_chart(

@@ -3,42 +3,22 @@ admin's live inbox of every org's alerts, and live vendor rows that link their d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Page, expect
 
 from pulsewire import registry
 from pulsewire.db import connect
-from tests.fix_browser import LAPTOP, PASSWORD, LiveServer, WebPeople, insert_alert
+from tests.fix_browser import PASSWORD, LiveServer, WebPeople, insert_alert, login
 from tests.fix_db import World
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 TOKYO, NEW_YORK = "Asia/Tokyo", "America/New_York"
-
-
-@pytest.fixture
-def open_page(browser: Browser) -> Iterator[Callable[..., Page]]:
-    """Pages in fresh contexts with a time zone of their own (and JavaScript on or off)."""
-    contexts: list[BrowserContext] = []
-
-    def make(timezone_id: str = "UTC", *, javascript: bool = True) -> Page:
-        context = browser.new_context(
-            viewport=LAPTOP,  # type: ignore[arg-type]
-            timezone_id=timezone_id,
-            java_script_enabled=javascript,
-        )
-        context.set_default_timeout(10_000)
-        contexts.append(context)
-        return context.new_page()
-
-    yield make
-    for context in contexts:
-        context.close()
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +28,6 @@ def admin(world: World) -> str:
             c, "root@pulsewire.example", role="admin", display_name="Ada Admin", password=PASSWORD
         )
     return "root@pulsewire.example"
-
-
-def login(page: Page, base: str, email: str) -> None:
-    page.goto(f"{base}/login")
-    page.get_by_label("E-mail").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
 
 def _listeners(db_url: str) -> int:
@@ -74,9 +46,9 @@ def open_live_inbox(page: Page, base: str, db_url: str) -> None:
 
 
 def test_appointment_times_show_in_each_viewers_zone(
-    open_page: Callable[..., Page], live_server: LiveServer, world: World, web_people: WebPeople
+    new_page: Callable[..., Page], live_server: LiveServer, world: World, web_people: WebPeople
 ) -> None:
-    owner = open_page(TOKYO)
+    owner = new_page(timezone_id=TOKYO)
     login(owner, live_server.url, web_people.patient)
     wanted = (datetime.now(ZoneInfo(TOKYO)) + timedelta(days=3)).replace(
         hour=10, minute=30, second=0, microsecond=0
@@ -97,7 +69,7 @@ def test_appointment_times_show_in_each_viewers_zone(
     expect(slot).to_contain_text("GMT+9")
 
     # The clinic in New York reads the same instant in its own zone.
-    clinician = open_page(NEW_YORK)
+    clinician = new_page(timezone_id=NEW_YORK)
     login(clinician, live_server.url, web_people.clinician)
     clinician.goto(f"{live_server.url}/devices/{web_people.implant}")
     in_new_york = wanted.astimezone(ZoneInfo(NEW_YORK)).strftime("%H:%M")
@@ -105,7 +77,7 @@ def test_appointment_times_show_in_each_viewers_zone(
     expect(clinician.get_by_label(f"Other time ({NEW_YORK})").first).to_be_visible()
 
     # Without JavaScript the page says UTC, and is right.
-    plain = open_page(NEW_YORK, javascript=False)
+    plain = new_page(timezone_id=NEW_YORK, javascript=False)
     login(plain, live_server.url, web_people.clinician)  # a plain form: no script needed
     plain.goto(f"{live_server.url}/devices/{web_people.implant}")
     utc_text = wanted.astimezone(UTC).strftime("%H:%M UTC")
@@ -114,9 +86,9 @@ def test_appointment_times_show_in_each_viewers_zone(
 
 
 def test_admins_have_a_live_inbox_of_every_org(
-    open_page: Callable[..., Page], live_server: LiveServer, world: World, web_people: WebPeople, admin: str
+    new_page: Callable[..., Page], live_server: LiveServer, world: World, web_people: WebPeople, admin: str
 ) -> None:
-    page = open_page()
+    page = new_page()
     login(page, live_server.url, admin)
     open_live_inbox(page, live_server.url, world.db_url)
     clinic_alert = insert_alert(world.db_url, web_people.implant, "implant.admin_live", klass="clinical")
@@ -130,9 +102,9 @@ def test_admins_have_a_live_inbox_of_every_org(
 
 
 def test_a_vendors_live_row_links_its_device(
-    open_page: Callable[..., Page], live_server: LiveServer, world: World, web_people: WebPeople
+    new_page: Callable[..., Page], live_server: LiveServer, world: World, web_people: WebPeople
 ) -> None:
-    page = open_page()
+    page = new_page()
     login(page, live_server.url, web_people.vendor)
     open_live_inbox(page, live_server.url, world.db_url)
     alert_id = insert_alert(world.db_url, web_people.implant, "implant.vendor_live", name="Battery drain")
