@@ -27,6 +27,7 @@ _TOKEN_USES = audit.TokenUses()
 class _Bound:
     actor: audit.Actor
     route: str
+    read_only: bool  # a GET or HEAD: its transaction writes nothing but audit entries
     recorded: set[tuple[str, str, str | None]] = field(default_factory=set)
 
 
@@ -52,7 +53,7 @@ async def bind(conn: AConn, request: Request, principal: Principal, *, token: st
     credential = audit.token_credential(token) if token is not None else "session"
     actor = actor_of(request, principal, credential)
     route = f"{request.method} {getattr(request.scope.get('route'), 'path', request.url.path)}"
-    _current.set(_Bound(actor, route))
+    _current.set(_Bound(actor, route, read_only=request.method in ("GET", "HEAD")))
     if token is not None and _TOKEN_USES.due(credential):
         await audit.record(conn, actor, audit.Entry(audit.TOKEN_USE, "token", credential))
 
@@ -76,6 +77,19 @@ async def record(
     bound.recorded.add((action, object_type, object_id))
     entry = audit.Entry(action, object_type, object_id, owner_ids, {"route": bound.route, **(detail or {})})
     await audit.record(conn, bound.actor, entry)
+
+
+def read_of_rows(source: str, object_type: str, object_id: str) -> tuple[str, dict[str, object]]:
+    """A CTE recording the read of the rows of the CTE `source` (see `audit.insert_for_rows`), for
+    the query that reads them: `("", {})` when there is nothing to record (no actor, or recorded
+    already in this request)."""
+    bound = _current.get()
+    key = (audit.READ, object_type, object_id)
+    if bound is None or key in bound.recorded:
+        return "", {}
+    bound.recorded.add(key)
+    entry = audit.Entry(*key, detail={"route": bound.route})
+    return audit.insert_for_rows(source, bound.actor, entry, lazy_commit=bound.read_only)
 
 
 def sign_in(request: Request, principal: Principal | None, email: str) -> tuple[audit.Actor, audit.Entry]:

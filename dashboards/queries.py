@@ -122,18 +122,20 @@ async def list_devices(conn: AConn, p: Principal, page: PageRequest, *, kind: st
 async def visible_device(conn: AConn, p: Principal, device_id: str) -> Row:
     """The device if the caller sees it; 404 otherwise (also for another tenant's)."""
     clause, params = scope_sql(p)
+    # Every device-bound read starts here: the one place that records who read which owner's device,
+    # in this same statement (a found device only).
+    audit_sql, audit_params = access.read_of_rows("visible", "device", device_id)
     cur = await conn.execute(
-        f"""SELECT {_DEVICE_COLUMNS}, {_OWNER_COLUMNS} FROM devices d
-            LEFT JOIN owners o ON o.owner_id = d.owner_id
-            WHERE d.device_id = %(device_id)s AND {clause}""",
-        params | {"device_id": device_id},
+        f"""WITH visible AS (
+                SELECT {_DEVICE_COLUMNS}, {_OWNER_COLUMNS} FROM devices d
+                LEFT JOIN owners o ON o.owner_id = d.owner_id
+                WHERE d.device_id = %(device_id)s AND {clause}){", " + audit_sql if audit_sql else ""}
+            SELECT * FROM visible""",
+        params | {"device_id": device_id} | audit_params,
     )
     row = await cur.fetchone()
     if row is None:
         raise NotFound(f"device {device_id!r} not found")
-    # Every device-bound read starts here: the one place that records who read which owner's device.
-    owners = (int(row["owner_id"]),) if row["owner_id"] is not None else ()
-    await access.record(conn, access_audit.READ, "device", device_id, owner_ids=owners)
     return row
 
 
