@@ -1,8 +1,10 @@
 """The access audit: who read or did what, to whose data, from where (table `access_audit`).
 
-Entries are written in the caller's transaction, one INSERT each (or one for a list), so an entry
-exists exactly when what it records was served: the dashboard commits before the response leaves.
-`bench/audit_bench.py` measured the cost on the readings API (figures in `docs/benchmarks.md`).
+Entries are written in the caller's transaction, so an entry exists exactly when what it records
+was served: the dashboard commits before the response leaves. `record` is one statement (one row
+per owner concerned); `insert_for_rows` is the same entry as a CTE of the statement that reads the
+rows, which is how a device read is recorded without a round trip of its own (`bench/audit_bench.py`,
+figures in `docs/benchmarks.md`).
 The table is append-only for the application (migration 0040): nothing here updates or deletes.
 
 Actions::
