@@ -45,8 +45,10 @@ from pulsewire.migrate import migrate
 from pulsewire.settings import MqttTarget
 from pulsewire.stack import Stack
 from relay import store
+from relay.egress import EgressPolicy
 from relay.rules import seed_defaults
 from relay.signing import verify
+from schemas import topics
 
 LOAD_DEVICES = 10
 PROBE = "icd-probe"
@@ -91,7 +93,7 @@ def _load(mqtt_url: str, rate: float, stop: Any) -> None:
             "sent_at": _iso(now),
             "readings": readings,
         }
-        client.publish(f"pw/v1/dev/{device}/telemetry", json.dumps(body), qos=1)
+        client.publish(topics.telemetry(device), json.dumps(body), qos=1)
         seq += 1
         delay = start + seq / per_s - time.perf_counter()
         if delay > 0:
@@ -163,7 +165,8 @@ def _setup(db_url: str, state_dir: Path, receiver: _Receiver) -> tuple[int, int,
             password="bench-password",
         )
         registry.sync_broker_auth(c, state_dir)
-        receiver.secret = store.create_webhook(c, clinic, receiver.url)["secret"]
+        loopback = EgressPolicy(allow_private=True)  # the receiver is on loopback
+        receiver.secret = store.create_webhook(c, clinic, receiver.url, egress=loopback)["secret"]
         user = registry.add_user(c, "bench@example.org", role="provider_staff", org_id=clinic)
     return clinic, user, vendor
 
@@ -180,7 +183,7 @@ def _probe(client: mqtt.Client, n: int) -> float:
     }
     payload = json.dumps(body)
     sent = time.perf_counter()
-    client.publish(f"pw/v1/dev/{PROBE}/event", payload, qos=1)
+    client.publish(topics.event(PROBE), payload, qos=1)
     return sent
 
 
@@ -232,7 +235,8 @@ def _measure(
                 latencies.append((receiver.arrivals[n] - sent) * 1000)
             else:
                 missed += 1
-            for alert in store.list_alerts(c, store.Viewer("provider", clinic), state="open", device_id=PROBE):
+            viewer = store.Viewer("provider", clinic)
+            for alert in store.list_alerts(c, viewer, state="open", device_id=PROBE):
                 store.resolve(c, clinic, alert["alert_id"], user)
             time.sleep(args.gap_s)
         elapsed = time.perf_counter() - began
@@ -295,7 +299,8 @@ def _hostile_run(
     """The probes again, with org A doing everything it can at once (bench/hostile.py)."""
     clinic, user, vendor = ids
     tarpit, endless = hostile.Tarpit(), hostile.Endless()
-    tenant = hostile.setup(info.database_url, vendor, tarpit, endless)
+    parts = set(args.hostile_parts.split(","))
+    tenant = hostile.setup(info.database_url, vendor, tarpit, endless, parts=parts)
     with connect(info.database_url, autocommit=True) as c:
         registry.sync_broker_auth(c, state_dir)
     port = _free_port()
@@ -305,8 +310,9 @@ def _hostile_run(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    flood, stop_flood = hostile.start_flood(info.mqtt_url, args.hostile_rate)
-    web = hostile.WebAttack(f"http://127.0.0.1:{port}", tenant["token"])
+    rate = args.hostile_rate if "flood" in parts else 0.0
+    flood, stop_flood = hostile.start_flood(info.mqtt_url, rate)
+    web = hostile.WebAttack(f"http://127.0.0.1:{port}", tenant["token"], enabled="web" in parts)
     try:
         _wait_http(f"http://127.0.0.1:{port}/healthz")
         web.start()
@@ -373,6 +379,11 @@ def main() -> int:
     parser.add_argument("--gap-s", type=float, default=0.1, help="pause between probes")
     parser.add_argument("--hostile", action="store_true", help="measure again with a hostile tenant present")
     parser.add_argument("--hostile-rate", type=float, default=2000, help="flooding device, events/s")
+    parser.add_argument(
+        "--hostile-parts",
+        default=",".join(hostile.PARTS),
+        help=f"what the hostile tenant does, comma-separated (default: all of {','.join(hostile.PARTS)})",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     state_dir = Path(tempfile.mkdtemp(prefix="pulsewire-bench-"))

@@ -30,10 +30,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pulsewire import registry
 from pulsewire.db import connect
 from pulsewire.settings import MqttTarget
+from schemas import topics
 
 DEVICES = [f"icd-hostile-{i}" for i in range(3)]
 BACKLOG = 3000  # failing deliveries of org A, due now, before the probes start
 SSE_STREAMS = 200
+PARTS = ("deliveries", "rules", "flood", "web")  # what org A does; `--hostile-parts` picks some
 PASSWORD = "hostile-password"
 
 
@@ -99,8 +101,8 @@ def _broken_urls(tarpit: Tarpit, endless: Endless) -> list[str]:
     ]
 
 
-def setup(db_url: str, vendor: int, tarpit: Tarpit, endless: Endless) -> dict[str, Any]:
-    """Org A with its devices, user, broken webhooks, failing rules and a delivery backlog."""
+def setup(db_url: str, vendor: int, tarpit: Tarpit, endless: Endless, *, parts: set[str]) -> dict[str, Any]:
+    """Org A with its devices and user; with `parts`, broken webhooks and a backlog, failing rules."""
     with connect(db_url, autocommit=True) as c:
         org = registry.add_org(c, "Hostile Clinic", "provider")
         for device in DEVICES:
@@ -117,26 +119,36 @@ def setup(db_url: str, vendor: int, tarpit: Tarpit, endless: Endless) -> dict[st
             c, "hostile@example.org", role="provider_staff", org_id=org, password=PASSWORD
         )
         token = registry.issue_token(c, user, "hostile")
-        hooks = [
-            c.execute(
-                "INSERT INTO webhooks (org_id, url, secret) VALUES (%s, %s, %s) RETURNING webhook_id",
-                (org, url, secrets.token_hex(16)),
-            ).fetchone()["webhook_id"]  # type: ignore[index]
-            for url in _broken_urls(tarpit, endless)
-        ]
-        for key, pattern in (("hostile.bad_regex", "^["), ("hostile.catastrophic", "^(a+)+$")):
-            c.execute(
-                """INSERT INTO rules (key, name, device_kind, provider_org_id, kind, params, severity, class)
-                   VALUES (%s, %s, 'implant', %s, 'event', %s, 'red', 'technical')""",
-                (
-                    key,
-                    f"Hostile\r\nBcc: everyone@example.org {key}",
-                    org,
-                    json.dumps({"event_type": "device_reset", "match": {"reason": pattern}}),
-                ),
-            )
-        _backlog(c, org, vendor, hooks)
+        if "deliveries" in parts:
+            _webhooks_and_backlog(c, org, vendor, tarpit, endless)
+        if "rules" in parts:
+            _rules(c, org)
     return {"org": org, "user": user, "token": token}
+
+
+def _webhooks_and_backlog(c: Any, org: int, vendor: int, tarpit: Tarpit, endless: Endless) -> None:
+    hooks = [
+        c.execute(
+            "INSERT INTO webhooks (org_id, url, secret) VALUES (%s, %s, %s) RETURNING webhook_id",
+            (org, url, secrets.token_hex(16)),
+        ).fetchone()["webhook_id"]  # type: ignore[index]
+        for url in _broken_urls(tarpit, endless)
+    ]
+    _backlog(c, org, vendor, hooks)
+
+
+def _rules(c: Any, org: int) -> None:
+    for key, pattern in (("hostile.bad_regex", "^["), ("hostile.catastrophic", "^(a+)+$")):
+        c.execute(
+            """INSERT INTO rules (key, name, device_kind, provider_org_id, kind, params, severity, class)
+                   VALUES (%s, %s, 'implant', %s, 'event', %s, 'red', 'technical')""",
+            (
+                key,
+                f"Hostile\r\nBcc: everyone@example.org {key}",
+                org,
+                json.dumps({"event_type": "device_reset", "match": {"reason": pattern}}),
+            ),
+        )
 
 
 def _backlog(c: Any, org: int, vendor: int, hooks: list[int]) -> None:
@@ -165,7 +177,7 @@ def flood(mqtt_url: str, rate: float, stop: Any) -> None:
     client.connect(target.host, target.port)
     client.loop_start()
     seq, start = 0, time.perf_counter()
-    while not stop.is_set():
+    while rate > 0 and not stop.is_set():
         now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         body = {
             "schema": "pulsewire.event/1",
@@ -176,7 +188,7 @@ def flood(mqtt_url: str, rate: float, stop: Any) -> None:
             "type": "device_reset",
             "data": {"reason": "a" * 40 + "!"},
         }
-        client.publish(f"pw/v1/dev/{device}/event", json.dumps(body), qos=1)
+        client.publish(topics.event(device), json.dumps(body), qos=1)
         seq += 1
         delay = start + seq / rate - time.perf_counter()
         if delay > 0:
@@ -188,7 +200,8 @@ def flood(mqtt_url: str, rate: float, stop: Any) -> None:
 class WebAttack:
     """Org A's user against the dashboard: SSE streams past the caps, bad logins, wide queries."""
 
-    def __init__(self, base_url: str, token: str) -> None:
+    def __init__(self, base_url: str, token: str, *, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.base_url = base_url
         self.token = token
         self.stop = threading.Event()
@@ -201,6 +214,8 @@ class WebAttack:
         ]
 
     def start(self) -> None:
+        if not self.enabled:
+            self.threads = []
         for thread in self.threads:
             thread.start()
 
