@@ -6,9 +6,8 @@ Import the fixtures into a test module with `from tests.fix_api import *` names,
 
 from __future__ import annotations
 
-import socket
+import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ from pulsewire import registry
 from pulsewire.db import connect
 from pulsewire.settings import Settings
 from tests.fix_db import World
+from tests.helpers import free_port, wait_for
 
 ROLES = ("provider", "vendor", "owner", "admin")
 
@@ -30,15 +30,20 @@ class ApiServer:
     """`create_app(settings)` under uvicorn on a free loopback port, in a daemon thread."""
 
     def __init__(self, settings: Settings, **app_kw: Any) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
+        self.port = free_port()
         self.app = create_app(settings, **app_kw)
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", access_log=False
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="uvicorn", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._serve(),), name="uvicorn", daemon=True
+        )
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._server.serve()
 
     @property
     def url(self) -> str:
@@ -46,12 +51,16 @@ class ApiServer:
 
     def __enter__(self) -> ApiServer:
         self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the API server did not start")
-            time.sleep(0.02)
+        wait_for(lambda: self._server.started or not self._thread.is_alive(), 20, "the API server to start")
+        if not self._server.started:
+            raise RuntimeError("the API server did not start")
         return self
+
+    def check_pools(self) -> None:
+        """Replace the pooled connections that no longer work (after PostgreSQL restarted)."""
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self.app.state.pool.check(), self._loop).result(20)
+        self.app.state.sync_pool.check()
 
     def __exit__(self, *exc: object) -> None:
         self._server.should_exit = True

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -18,6 +16,7 @@ from pulsewire.settings import Settings
 from pulsewire.stack import Stack
 from tests.fix_api import ApiServer, Users, assert_error
 from tests.fix_db import World
+from tests.helpers import free_port, wait_for
 
 ALL = ("provider", "vendor", "owner", "admin")
 BASE = (datetime.now(UTC) - timedelta(hours=5)).replace(minute=0, second=0, microsecond=0)
@@ -341,6 +340,7 @@ def test_pagination_is_capped(clients: dict[str, httpx.Client]) -> None:
 
 def test_health_ready_metrics(clients: dict[str, httpx.Client]) -> None:
     anon = clients["anon"]
+    assert_error(clients["provider"].get("/api/v1/devices/no-such-device"), 404)  # counted by route
     assert anon.get("/healthz").json() == {"status": "ok"}
     assert anon.get("/readyz").json() == {"status": "ready"}
     text = anon.get("/metrics").text
@@ -419,9 +419,7 @@ def test_tokens_for_every_role(clients: dict[str, httpx.Client], role: str) -> N
 
 def test_cli_serves_the_app(settings: Settings) -> None:
     """`pulsewire dashboard --port N` serves the API until terminated."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {
         **os.environ,
         "PULSEWIRE_DATABASE_URL": settings.require_database_url(),
@@ -434,16 +432,13 @@ def test_cli_serves_the_app(settings: Settings) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+    def ready() -> bool:
+        assert server.poll() is None, "the dashboard exited"
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "the dashboard did not start"
-            time.sleep(0.1)
+        wait_for(ready, 20, "the dashboard to start", ignoring=(httpx.TransportError,))
         assert httpx.get(f"http://127.0.0.1:{port}/api/v1/me").status_code == 401
     finally:
         server.terminate()
@@ -451,11 +446,13 @@ def test_cli_serves_the_app(settings: Settings) -> None:
     assert f"http://127.0.0.1:{port}/" in output
 
 
-# --- last in this module: the database goes away and comes back ---------------------------------------
+# --- the database goes away and comes back ------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_database_down_is_503_then_recovers(clients: dict[str, httpx.Client], stack: Stack) -> None:
+def test_database_down_is_503_then_recovers(
+    clients: dict[str, httpx.Client], stack: Stack, api: ApiServer
+) -> None:
     stack.stop_postgres()
     try:
         assert_error(clients["anon"].get("/readyz"), 503, "unavailable")
@@ -463,12 +460,10 @@ def test_database_down_is_503_then_recovers(clients: dict[str, httpx.Client], st
         assert clients["anon"].get("/healthz").status_code == 200
     finally:
         stack.start_postgres()
-    deadline = time.monotonic() + 20
-    while clients["anon"].get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "the API did not recover after PostgreSQL came back"
-        time.sleep(0.2)
+    wait_for(lambda: clients["anon"].get("/readyz").status_code == 200, 20, "the API to recover")
     ok = [clients["provider"].get("/api/v1/devices").status_code for _ in range(5)]
     assert ok[-1] == 200 and set(ok) <= {200, 503}
+    api.check_pools()  # the module's other tests find working connections, whatever their order
 
 
 async def test_a_session_started_on_one_instance_is_valid_on_another(
