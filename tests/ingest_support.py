@@ -1,4 +1,4 @@
-"""Helpers of the ingest tests: payload builders, a retrying QoS 1 publisher, polling."""
+"""Helpers of the ingest tests: payload builders, a retrying QoS 1 publisher, polling, a barrier."""
 
 from __future__ import annotations
 
@@ -8,15 +8,19 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
 
-from pulsewire.settings import MqttTarget
+from ingest import IngestService
+from pulsewire.settings import MqttTarget, Settings
 from schemas import topics
 from tests.helpers import wait_for  # noqa: F401 (re-exported: the ingest tests import it from here)
 
@@ -105,3 +109,61 @@ def start_ingest_process(database_url: str, mqtt_url: str, state_dir: Path, *, c
          "--log-level", "WARNING", "--metrics-port", str(metrics_port)],
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_path.open("ab"),
     )  # fmt: skip
+
+
+Committed = Callable[[], float]  # how many status messages one ingest worker has committed
+
+
+def settle(settings: Settings, device_id: str, workers: Sequence[Committed], timeout_s: float = 60) -> None:
+    """Return once every worker has committed a status message published after this call.
+
+    Then each worker is subscribed and has committed everything it received before: a worker
+    commits in the order it receives, and a broker resends what a session has not acknowledged
+    before anything newer, so past this barrier every copy has been handled. Statuses go out one
+    at a time, the next once the last was committed or found nobody subscribed yet; a shared
+    subscription hands them to its workers in turn.
+    """
+    start = [committed() for committed in workers]
+
+    def total() -> float:
+        return sum(committed() for committed in workers)
+
+    pub = Publisher(settings.mqtt())
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not all(committed() > s for committed, s in zip(workers, start, strict=True)):
+            assert time.monotonic() < deadline, f"not every worker committed a status in {timeout_s}s"
+            before = total()
+            pub.publish_all([status(device_id, "online", datetime.now(UTC))])
+            answered = time.monotonic() + 1.0
+            while total() <= before and time.monotonic() < answered:
+                time.sleep(0.02)
+    finally:
+        pub.close()
+
+
+def in_process_statuses(service: IngestService) -> Committed:
+    return lambda: float(service.metrics.messages.labels("status")._value.get())
+
+
+def scraped_statuses(port: int) -> Committed:
+    """A worker process's count, from its /metrics; 0 until it serves them (it has committed nothing)."""
+
+    def read() -> float:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except ConnectionRefusedError:
+            return 0.0
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ConnectionRefusedError):
+                return 0.0
+            raise
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "pulsewire_ingest_messages_total" and sample.labels.get("kind") == "status"
+        )
+
+    return read

@@ -1,9 +1,8 @@
 """Ingest under faults: nothing lost, nothing stored twice (SIGKILL, PostgreSQL down, broker restart,
 two workers on one shared subscription). Real processes, real servers; every test is bounded.
 
-"Nothing stored twice" is checked behind a barrier (`settle`): a message published after the stream,
-committed by every worker. A worker commits in the order it receives, and a broker resends what a
-session has not acknowledged before anything newer: past the barrier, every copy has been handled."""
+"Nothing stored twice" is checked behind a barrier (`tests.ingest_support.settle`): a message published
+after the stream, committed by every worker."""
 
 from __future__ import annotations
 
@@ -12,10 +11,7 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +19,27 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from prometheus_client.parser import text_string_to_metric_families
 
 from ingest import IngestService
 from pulsewire.settings import Settings
 from pulsewire.stack import Stack, StackInfo
 from tests.fix_db import World
 from tests.helpers import free_port
-from tests.ingest_support import Publisher, start_ingest_process, status, telemetry, wait_for
+from tests.ingest_support import (
+    Committed,
+    Publisher,
+    in_process_statuses,
+    scraped_statuses,
+    settle,
+    start_ingest_process,
+    telemetry,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 Conn = psycopg.Connection[dict[str, Any]]
 MESSAGES = 3_000
 READINGS = 5
-Committed = Callable[[], float]  # how many status messages one worker has committed
 
 
 class Stream:
@@ -92,59 +95,6 @@ def assert_exactly_once(conn: Conn, stream: Stream, settings: Settings, workers:
     stream.join()
     settle(settings, stream.device_id, workers)
     assert stored(conn, stream.device_id) == (MESSAGES * READINGS, stream.expected_sum, MESSAGES)
-
-
-def settle(settings: Settings, device_id: str, workers: Sequence[Committed], timeout_s: float = 60) -> None:
-    """Return once every worker has committed a status message published after this call.
-
-    Then each worker is subscribed and has committed everything it received before (see the module
-    doc). Statuses go out one at a time, the next once the last was committed or found nobody
-    subscribed yet; a shared subscription hands them to its workers in turn.
-    """
-    start = [committed() for committed in workers]
-
-    def total() -> float:
-        return sum(committed() for committed in workers)
-
-    pub = Publisher(settings.mqtt())
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not all(committed() > s for committed, s in zip(workers, start, strict=True)):
-            assert time.monotonic() < deadline, f"not every worker committed a status in {timeout_s}s"
-            before = total()
-            pub.publish_all([status(device_id, "online", datetime.now(UTC))])
-            answered = time.monotonic() + 1.0
-            while total() <= before and time.monotonic() < answered:
-                time.sleep(0.02)
-    finally:
-        pub.close()
-
-
-def in_process_statuses(service: IngestService) -> Committed:
-    return lambda: float(service.metrics.messages.labels("status")._value.get())
-
-
-def scraped_statuses(port: int) -> Committed:
-    """A worker process's count, from its /metrics; 0 until it serves them (it has committed nothing)."""
-
-    def read() -> float:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-                text = response.read().decode()
-        except ConnectionRefusedError:
-            return 0.0
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, ConnectionRefusedError):
-                return 0.0
-            raise
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "pulsewire_ingest_messages_total" and sample.labels.get("kind") == "status"
-        )
-
-    return read
 
 
 def wait_landed(conn: Conn, device_id: str, messages: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -29,6 +28,8 @@ from schemas import topics
 from schemas.catalogue import EVENT_TYPES, metric_for
 from schemas.payloads import CommandReply
 from tests.fix_simulator import Simulator
+from tests.helpers import wait_for
+from tests.ingest_support import in_process_statuses, settle
 
 ALL = scenarios.available()
 REQUIRED = {
@@ -152,21 +153,28 @@ async def test_a_command_gets_its_reply_with_the_same_correlation_data(
     login = sim.device("vehicle")
     target = settings.mqtt()
     replies: asyncio.Queue[tuple[bytes, bytes | None]] = asyncio.Queue()
+    online = asyncio.Event()
     loop = asyncio.get_running_loop()
     observer = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     observer.username_pw_set(target.username, target.password)
 
     def on_message(client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == topics.status(login.device_id):
+            loop.call_soon_threadsafe(online.set)
+            return
         corr = getattr(msg.properties, "CorrelationData", None)
         loop.call_soon_threadsafe(replies.put_nowait, (bytes(msg.payload), corr))
 
     observer.on_message = on_message
     observer.connect(target.host, target.port)
     observer.subscribe(topics.command_reply(login.device_id), qos=1)
+    observer.subscribe(topics.status(login.device_id), qos=1)
     observer.loop_start()
     try:
         task = asyncio.create_task(sim.scenario("normal_commute", login=login, time_scale=20_000))
-        await asyncio.sleep(1.0)
+        # The device subscribes to its commands on CONNACK, before it says `online`: once the
+        # broker passes that on, a command reaches it.
+        await asyncio.wait_for(online.wait(), 10)
         corr = uuid.uuid4().bytes
         props = Properties(PacketTypes.PUBLISH)
         props.CorrelationData = corr
@@ -233,20 +241,24 @@ def stored(conn: psycopg.Connection[Any], run: ScenarioRun) -> tuple[Counter[Any
     return readings, events, quarantined
 
 
-def wait_for_rows(conn: psycopg.Connection[Any], run: ScenarioRun, timeout_s: float = 20.0) -> Any:
+def wait_for_rows(
+    conn: psycopg.Connection[Any], run: ScenarioRun, settings: Settings, worker: IngestService
+) -> Any:
+    """What ingest stored of `run`, once it stored at least what the run expects and settled."""
     want = (
         sum(run.expected_readings().values()),
         sum(run.expected_events().values()),
         len(run.expected_quarantine()),
     )
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def enough() -> bool:
         got = stored(conn, run)
-        counts = tuple(sum(x.values()) if isinstance(x, Counter) else len(x) for x in got)
-        if counts >= want or time.monotonic() > deadline:
-            time.sleep(0.3)  # anything stored twice would arrive now
-            return stored(conn, run)
-        time.sleep(0.1)
+        counts = [sum(x.values()) if isinstance(x, Counter) else len(x) for x in got]
+        return all(n >= w for n, w in zip(counts, want, strict=True))
+
+    wait_for(enough, 20, f"(readings, events, quarantined) = {want}")
+    settle(settings, run.device_id, [in_process_statuses(worker)])  # a copy stored twice is in by now
+    return stored(conn, run)
 
 
 @pytest.mark.slow
@@ -256,7 +268,9 @@ async def test_each_scenario_stores_exactly_what_it_published(
 ) -> None:
     run = await sim.scenario(name, seed=4)
     assert run.counters.errors == 0, run.counters.last_error
-    readings, events, quarantined = await asyncio.to_thread(wait_for_rows, conn, run)
+    readings, events, quarantined = await asyncio.to_thread(
+        wait_for_rows, conn, run, sim.settings, ingest_worker
+    )
     assert readings == run.expected_readings()
     assert events == run.expected_events()
     want = run.expected_quarantine()

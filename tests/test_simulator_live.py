@@ -9,7 +9,6 @@ import os
 import secrets
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -145,6 +144,8 @@ def test_the_live_fleet_stores_both_kinds_and_stops_cleanly_on_sigterm(
         PULSEWIRE_STATE_DIR=str(settings.state_dir),
     )
     args = ["simulate", "--live", "--devices", "3", "--time-scale", "3600", "--seed", "9", "--json"]
+    # The history ends where the simulated clock starts, a day behind (`lag_s`); it then runs at 3600x.
+    live_from = datetime.now(UTC) - timedelta(days=1)
     proc = subprocess.Popen([str(PULSEWIRE), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
 
@@ -157,7 +158,14 @@ def test_the_live_fleet_stores_both_kinds_and_stops_cleanly_on_sigterm(
 
         wait_for(lambda: kinds_stored() == {"implant", "vehicle"} or proc.poll() is not None, 40, "readings")
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        time.sleep(2.0)  # live, past the history
+
+        def newest() -> datetime | None:
+            row = conn.execute(
+                "SELECT max(ts) AS ts FROM readings WHERE device_id LIKE 'sim-%%-0000%%'"
+            ).fetchone()
+            return row["ts"] if row else None
+
+        wait_for(lambda: (newest() or live_from) > live_from + timedelta(hours=2), 40, "two live hours")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
     finally:
@@ -196,7 +204,8 @@ async def test_request_transmission_uploads_what_the_implant_stored(
     remote = "SELECT count(*) AS n FROM events WHERE device_id = %s AND data->>'kind' = 'remote'"
     try:
         await asyncio.to_thread(wait_for, lambda: count(readings) > 0, 15, "the history")
-        await asyncio.sleep(1.0)
+        # The device subscribes to its commands on CONNACK, before its retained `online`.
+        assert (await asyncio.to_thread(retained_status, settings, login.device_id))["state"] == "online"
         before = count(readings)
         assert count(remote) == 0
         target = settings.mqtt()
