@@ -8,6 +8,7 @@
     views         what pages show of the user, a device, an alert, an appointment
     page_queries  read queries only the pages need (summaries, charts, alert rows)
     staff         fleet, alert inbox, rules, device page
+    trail         the access audit page
     owner         the owner's page
     contact       the message and appointment forms of both sides
 
@@ -23,7 +24,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dashboards.web import contact, login, owner, staff
+from dashboards.web import contact, login, owner, staff, trail
 from dashboards.web.render import STATIC_DIR, Handler, html_for_pages
 from dashboards.web.session import LoginRequired, login_redirect
 from pulsewire.errors import PulsewireError
@@ -31,7 +32,7 @@ from pulsewire.errors import PulsewireError
 
 def install(app: FastAPI) -> None:
     """Add the pages, /static and HTML error pages (JSON stays the answer under /api)."""
-    for module in (login, staff, owner, contact):
+    for module in (login, staff, owner, contact, trail):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(LoginRequired, login_redirect)
