@@ -1,4 +1,15 @@
-"""Sequence bookkeeping of ingest: `device_streams` per (device, boot) and the `seq_gaps` between."""
+"""Sequence bookkeeping of ingest: `device_streams` per (device, boot) and the `seq_gaps` between.
+
+Each batch costs a fixed number of statements, however its messages are spread over streams and
+however the shared subscription split a stream across workers: one to create the streams it is the
+first to see, one to lock and read the streams' high-water marks, one to advance them, one to record
+the new gaps and one to fill the gaps its late messages close. Only the read waits for an answer.
+
+Workers that share a stream take turns on its `device_streams` row (locked until commit), so each
+judges gaps against what the others committed before it; a stream seen for the first time is
+inserted before it is read, so a second worker seeing it at the same time waits for the first one's
+row instead of judging against nothing and recording a gap the first one's messages fill.
+"""
 
 from __future__ import annotations
 
@@ -12,73 +23,96 @@ if TYPE_CHECKING:
     from ingest.validate import Event, Telemetry
 
 Conn = psycopg.Connection[dict[str, Any]]
+Stream = tuple[str, str]
+Gap = tuple[str, str, int, int]
+Late = tuple[str, str, int]
+
+# A new stream's row starts just below its first seq: "nothing missing before what we saw".
+_CREATE = """
+INSERT INTO device_streams (device_id, boot_id, max_seq, messages)
+SELECT *, 0 FROM unnest(%s::text[], %s::text[], %s::bigint[])
+ON CONFLICT (device_id, boot_id) DO NOTHING
+"""
+_LOCK = """
+SELECT device_id, boot_id, max_seq FROM device_streams
+WHERE (device_id, boot_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+ORDER BY device_id, boot_id FOR UPDATE
+"""
+_ADVANCE = """
+INSERT INTO device_streams (device_id, boot_id, max_seq, messages)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
+ON CONFLICT (device_id, boot_id) DO UPDATE SET
+  max_seq = GREATEST(device_streams.max_seq, EXCLUDED.max_seq),
+  messages = device_streams.messages + EXCLUDED.messages, updated_at = now()
+"""
+_RECORD = """
+INSERT INTO seq_gaps (device_id, boot_id, first_seq, last_seq)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
+"""
+# Every gap holding a late seq is replaced by the pieces its late seqs leave of it, all at once:
+# between consecutive late seqs, and after the last one.
+_FILL = """
+WITH late AS (
+  SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS l(device_id, boot_id, seq)
+), hit AS (
+  DELETE FROM seq_gaps g
+  WHERE EXISTS (SELECT 1 FROM late l WHERE l.device_id = g.device_id AND l.boot_id = g.boot_id
+                  AND l.seq BETWEEN g.first_seq AND g.last_seq)
+  RETURNING g.gap_id, g.device_id, g.boot_id, g.first_seq, g.last_seq, g.detected_at
+), cuts AS (
+  SELECT h.*, l.seq, lag(l.seq) OVER (PARTITION BY h.gap_id ORDER BY l.seq) AS prev
+  FROM hit h JOIN late l ON l.device_id = h.device_id AND l.boot_id = h.boot_id
+   AND l.seq BETWEEN h.first_seq AND h.last_seq
+), pieces AS (
+  SELECT device_id, boot_id, COALESCE(prev + 1, first_seq) AS lo, seq - 1 AS hi, detected_at FROM cuts
+  UNION ALL
+  SELECT device_id, boot_id, max(seq) + 1, last_seq, detected_at FROM cuts
+  GROUP BY gap_id, device_id, boot_id, last_seq, detected_at
+)
+INSERT INTO seq_gaps (device_id, boot_id, first_seq, last_seq, detected_at)
+SELECT device_id, boot_id, lo, hi, detected_at FROM pieces WHERE lo <= hi
+"""
 
 
 def update_streams(conn: Conn, new: list[Telemetry | Event]) -> int:
-    """Advance `device_streams` and record seq gaps; returns the number of gaps recorded."""
-    seqs: dict[tuple[str, str], list[int]] = {}
+    """Advance `device_streams`, record new seq gaps and fill closed ones; returns the gaps recorded."""
+    seqs: dict[Stream, list[int]] = {}
     for m in new:
         seqs.setdefault((m.device_id, m.boot_id), []).append(m.seq)
     if not seqs:
         return 0
+    # Sorted: two workers sharing streams lock their rows in the same order and never deadlock.
     streams = sorted(seqs)
-    devs, boots = [s[0] for s in streams], [s[1] for s in streams]
-    known = {
-        (r["device_id"], r["boot_id"]): int(r["max_seq"])
-        for r in conn.execute(
-            """SELECT device_id, boot_id, max_seq FROM device_streams
-               WHERE (device_id, boot_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
-               ORDER BY device_id, boot_id FOR UPDATE""",
-            (text_array(devs), text_array(boots)),
-        )
-    }
-    gaps: list[tuple[str, str, int, int]] = []
-    late: list[tuple[str, str, int]] = []
-    for stream in streams:
-        found = sorted(seqs[stream])
-        top = known.get(stream)
-        prev = found[0] - 1 if top is None else top
-        for seq in found:
-            if seq > prev + 1:
-                gaps.append((*stream, prev + 1, seq - 1))
-            elif top is not None and seq <= top:
-                late.append((*stream, seq))
-            prev = max(prev, seq)
-    conn.execute(
-        """INSERT INTO device_streams (device_id, boot_id, max_seq, messages)
-           SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
-           ON CONFLICT (device_id, boot_id) DO UPDATE SET
-             max_seq = GREATEST(device_streams.max_seq, EXCLUDED.max_seq),
-             messages = device_streams.messages + EXCLUDED.messages, updated_at = now()""",
-        (
-            text_array(devs),
-            text_array(boots),
-            int_array(max(seqs[s]) for s in streams),
-            int_array(len(seqs[s]) for s in streams),
-        ),
-    )
+    devs, boots = text_array(s[0] for s in streams), text_array(s[1] for s in streams)
+    conn.execute(_CREATE, (devs, boots, int_array(min(seqs[s]) - 1 for s in streams)))
+    known = {(r["device_id"], r["boot_id"]): int(r["max_seq"]) for r in conn.execute(_LOCK, (devs, boots))}
+    gaps, late = judge(seqs, known)
+    tops, counts = int_array(max(seqs[s]) for s in streams), int_array(len(seqs[s]) for s in streams)
+    conn.execute(_ADVANCE, (devs, boots, tops, counts))
     if gaps:
-        conn.execute(
-            "INSERT INTO seq_gaps (device_id, boot_id, first_seq, last_seq) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])",
-            tuple(list(col) for col in zip(*gaps, strict=True)),
-        )
-    for key in late:
-        _fill_gap(conn, *key)
+        conn.execute(_RECORD, _columns(gaps))
+    if late:
+        conn.execute(_FILL, _columns(late))
     return len(gaps)
 
 
-def _fill_gap(conn: Conn, device_id: str, boot_id: str, seq: int) -> None:
-    """A late message arrived: take its seq out of the gap that holds it (rare, so one by one)."""
-    rows = conn.execute(
-        """DELETE FROM seq_gaps WHERE device_id = %s AND boot_id = %s AND first_seq <= %s AND last_seq >= %s
-           RETURNING first_seq, last_seq""",
-        (device_id, boot_id, seq, seq),
-    ).fetchall()
-    for r in rows:
-        for low, high in ((int(r["first_seq"]), seq - 1), (seq + 1, int(r["last_seq"]))):
-            if low <= high:
-                conn.execute(
-                    "INSERT INTO seq_gaps (device_id, boot_id, first_seq, last_seq) VALUES (%s, %s, %s, %s)",
-                    (device_id, boot_id, low, high),
-                )
+def judge(seqs: dict[Stream, list[int]], known: dict[Stream, int]) -> tuple[list[Gap], list[Late]]:
+    """The gaps a batch opens above each stream's high-water mark, and its seqs at or below it."""
+    gaps: list[Gap] = []
+    late: list[Late] = []
+    for stream, found in seqs.items():
+        top = known.get(stream, min(found) - 1)
+        prev = top
+        for seq in sorted(found):
+            if seq <= top:
+                late.append((*stream, seq))
+            elif seq > prev + 1:
+                gaps.append((*stream, prev + 1, seq - 1))
+            prev = max(prev, seq)
+    return gaps, late
+
+
+def _columns(rows: list[Gap] | list[Late]) -> tuple[str, ...]:
+    """Rows as one array literal per column (strings first, the rest bigints)."""
+    cols = list(zip(*rows, strict=True))
+    return (text_array(cols[0]), text_array(cols[1]), *(int_array(c) for c in cols[2:]))
