@@ -18,6 +18,7 @@ from dashboards.auth import SessionConfig
 from dashboards.commands import CommandService
 from dashboards.errors import ERROR_RESPONSES, install_handlers
 from dashboards.guards import ConcurrencyCap, LoginGuard
+from dashboards.security_headers import SecurityHeaders
 from dashboards.types import AConn
 from pulsewire import db
 from pulsewire.errors import DatabaseError
@@ -35,7 +36,7 @@ def create_app(settings: Settings, *, command_timeout_s: float = 120.0) -> FastA
         url = settings.require_database_url()
         if not settings.session_secret:
             app.state.session_config = SessionConfig.create(
-                _shared_session_secret(url), settings.secure_cookies
+                _shared_session_secret(url), settings.cookies_secure()
             )
         # A runaway query is cancelled instead of holding a pooled connection and a core.
         timeout_ms = settings.api_statement_timeout_ms
@@ -72,9 +73,10 @@ def create_app(settings: Settings, *, command_timeout_s: float = 120.0) -> FastA
     app.state.settings = settings
     app.state.login_guard = LoginGuard(settings)
     app.state.readings_cap = ConcurrencyCap(settings.readings_queries_per_user_max)
-    app.state.session_config = SessionConfig.create(settings.session_secret, settings.secure_cookies)
+    app.state.session_config = SessionConfig.create(settings.session_secret, settings.cookies_secure())
     install_handlers(app)
     _install_metrics(app)
+    app.add_middleware(SecurityHeaders)
     _include_routers(app)
     _install_web(app)
     return app

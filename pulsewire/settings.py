@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -42,17 +43,24 @@ class Settings(BaseSettings):
     # retention (days) of raw readings and events
     retention_days: int = Field(default=400, ge=1)
     # relay
+    # e-mail: `smtps://` (TLS from the start) or `smtp://` with STARTTLS required; plain SMTP only to
+    # a loopback relay and only with `smtp_allow_plain_loopback`; `smtp_ca_file` trusts a private CA
     smtp_url: str | None = None
     smtp_from: str = "pulsewire@localhost"
+    smtp_allow_plain_loopback: bool = False
+    smtp_ca_file: Path | None = None
     escalate_after_s: int = Field(default=900, ge=1)
     # webhooks (delivery): https to global addresses only unless `webhook_allow_private` (local
     # development: http, loopback and private targets); one total deadline per attempt; a cap per org
     webhook_allow_private: bool = False
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
     webhooks_per_org_max: int = Field(default=20, ge=1, le=10_000)
-    # web
+    # web: the dashboard serves HTTPS with `api_cert_file` and `api_key_file` (both or neither).
+    # Cookies are Secure unless it is plain HTTP on loopback; `secure_cookies` overrides that.
+    api_cert_file: Path | None = None
+    api_key_file: Path | None = None
     session_secret: str | None = None
-    secure_cookies: bool = False
+    secure_cookies: bool | None = None
     # dashboard limits (per dashboard process): live alert streams, readings queries, sign-in
     sse_streams_max: int = Field(default=500, ge=1, le=100_000)
     sse_streams_per_user_max: int = Field(default=5, ge=1, le=1_000)
@@ -76,6 +84,21 @@ class Settings(BaseSettings):
             raise ConfigError("no database: set PULSEWIRE_DATABASE_URL or run `pulsewire stack up` first")
         return url
 
+    def api_tls(self) -> tuple[Path, Path] | None:
+        """The dashboard's certificate and key files, or None for plain HTTP."""
+        cert, key = self.api_cert_file, self.api_key_file
+        if cert is None and key is None:
+            return None
+        if cert is None or key is None:
+            raise ConfigError("set both PULSEWIRE_API_CERT_FILE and PULSEWIRE_API_KEY_FILE, or neither")
+        return cert, key
+
+    def cookies_secure(self) -> bool:
+        """Whether cookies carry `Secure`: always, unless the dashboard is plain HTTP on loopback."""
+        if self.secure_cookies is not None:
+            return self.secure_cookies
+        return self.api_tls() is not None or not is_loopback(self.api_host)
+
     def require_mqtt_url(self) -> str:
         """The MQTT URL, from the environment or the local stack."""
         url = self.mqtt_url or self._stack_value("mqtt_url")
@@ -95,6 +118,16 @@ class Settings(BaseSettings):
         info = Stack(self.state_dir).status()
         value = info.to_json().get(key) if info else None
         return value if isinstance(value, str) else None
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1); names are not resolved."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
