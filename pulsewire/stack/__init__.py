@@ -26,8 +26,9 @@ from urllib.parse import quote
 
 from pulsewire import brokerauth
 from pulsewire.errors import StackError
+from pulsewire.pki import CertificateAuthority
 from pulsewire.stack import _mosquitto, _postgres, _procs
-from pulsewire.stack._mosquitto import Mosquitto
+from pulsewire.stack._mosquitto import BrokerPorts, Mosquitto
 from pulsewire.stack._ports import LOOPBACK, free_port
 from pulsewire.stack._postgres import Postgres
 
@@ -53,6 +54,14 @@ class StackInfo:
     postgres_pid: int | None = None
     broker_pid: int | None = None
     timescaledb: bool = False
+    # The device listeners: mutual TLS (certificates of `ca_file`, revocations in `crl_file`) and,
+    # at `mqtt_port` (plain text, loopback only), passwords. `mqtt_url` is the service listener.
+    mqtts_port: int = 0
+    service_port: int = 0
+    ca_file: Path | None = None
+    crl_file: Path | None = None
+    # {component: mqtt URL} of each component's least-privilege login on the service listener
+    service_urls: dict[str, str] | None = None
 
     @property
     def running(self) -> bool:
@@ -74,6 +83,13 @@ class StackInfo:
             "postgres_pid": self.postgres_pid,
             "broker_pid": self.broker_pid,
             "timescaledb": self.timescaledb,
+            "mqtts_port": self.mqtts_port,
+            "mqtts_url": f"mqtts://{self.mqtt_host}:{self.mqtts_port}",
+            "mqtt_device_url": f"mqtt://{self.mqtt_host}:{self.mqtt_port}",
+            "service_port": self.service_port,
+            "ca_file": str(self.ca_file) if self.ca_file else None,
+            "crl_file": str(self.crl_file) if self.crl_file else None,
+            "service_urls": self.service_urls or {},
         }
 
 
@@ -89,7 +105,7 @@ class Stack:
         ensure_packages()
         self.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         with self._locked():
-            config = self._load() or self._create_config()
+            config = self._upgrade(self._load() or self._create_config())
             postgres, broker = self._servers(config)
             postgres.start()
             broker.start()
@@ -151,21 +167,49 @@ class Stack:
             broker.write_auth(devices)
             broker.reload()
 
+    def certificate_authority(self) -> CertificateAuthority:
+        """The stack's device CA (`<state_dir>/pki`), created by `up`."""
+        return CertificateAuthority.open(self.pki_dir, create=False)
+
+    @property
+    def pki_dir(self) -> Path:
+        """Where the device CA, its CRL and its record of issued certificates live."""
+        return self.state_dir / "pki"
+
+    def reload_broker(self) -> None:
+        """Make the running broker re-read its CRL, passwords and ACLs (SIGHUP); no-op when stopped."""
+        with self._locked():
+            self._servers(self._require())[1].reload()
+
+    def set_org_login(self, org_id: int) -> tuple[str, str]:
+        """Issue (or replace) org `org_id`'s alert subscriber login, live; returns (username, password)."""
+        password = brokerauth.new_password()
+        with self._locked():
+            broker = self._servers(self._require())[1]
+            broker.set_org_login(org_id, brokerauth.hash_password(password))
+            broker.write_auth(broker.device_entries())
+            broker.reload()
+        return brokerauth.org_login(org_id), password
+
     def _servers(self, config: dict[str, Any]) -> tuple[Postgres, Mosquitto]:
         postgres = Postgres(self.state_dir / "pg", config["pg_port"], config["pg_password"])
-        broker = Mosquitto(
-            self.state_dir / "mosquitto", config["mqtt_port"], config["mqtt_user"], config["mqtt_password"]
-        )
+        logins = {config["mqtt_user"]: config["mqtt_password"], **config["service_logins"]}
+        ports = BrokerPorts(config["mqtt_port"], config["service_port"], config["mqtts_port"])
+        broker = Mosquitto(self.state_dir / "mosquitto", ports, logins, self.pki_dir)
         return postgres, broker
 
     def _info(self, config: dict[str, Any]) -> StackInfo:
         postgres, broker = self._servers(config)
-        user, password = quote(config["mqtt_user"], safe=""), quote(config["mqtt_password"], safe="")
         postgres_pid, broker_pid = postgres.pid(), broker.pid()
+        service = broker.ports.service
+        components = {
+            login.removeprefix(f"{config['mqtt_user']}-"): _url(login, password, service)
+            for login, password in config["service_logins"].items()
+        }
         return StackInfo(
             state_dir=self.state_dir,
             database_url=postgres.url,
-            mqtt_url=f"mqtt://{user}:{password}@{LOOPBACK}:{broker.port}",
+            mqtt_url=_url(config["mqtt_user"], config["mqtt_password"], service),
             mqtt_host=LOOPBACK,
             mqtt_port=broker.port,
             pg_port=postgres.port,
@@ -174,7 +218,31 @@ class Stack:
             postgres_pid=postgres_pid,
             broker_pid=broker_pid,
             timescaledb=postgres.timescaledb,
+            mqtts_port=broker.ports.mtls,
+            service_port=service,
+            ca_file=broker.files.ca_file,
+            crl_file=broker.files.crl_file,
+            service_urls=components,
         )
+
+    def _upgrade(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Add what a state dir from before the TLS listeners lacks: their ports and the component logins."""
+        if all(key in config for key in ("service_port", "mqtts_port", "service_logins")):
+            return config
+        config.setdefault("service_port", self._free_port(config))
+        config.setdefault("mqtts_port", self._free_port(config))
+        logins = {f"{SERVICE_USER}-{part}": brokerauth.new_password() for part in brokerauth.SERVICE_GRANTS}
+        config.setdefault("service_logins", logins)
+        self._save(config)
+        return config
+
+    @staticmethod
+    def _free_port(config: dict[str, Any]) -> int:
+        taken = {value for key, value in config.items() if key.endswith("_port")}
+        port = free_port()
+        while port in taken:
+            port = free_port()
+        return port
 
     def _load(self) -> dict[str, Any] | None:
         try:
@@ -204,12 +272,15 @@ class Stack:
         }
         while config["mqtt_port"] == config["pg_port"]:
             config["mqtt_port"] = free_port()
+        self._save(config)
+        return config
+
+    def _save(self, config: dict[str, Any]) -> None:
         tmp = self._config_file.with_name(".stack.json.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(config, handle, indent=2)
         os.replace(tmp, self._config_file)
-        return config
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -241,6 +312,10 @@ def ensure_packages() -> None:
         _procs.run(install, what=command, cwd=Path("/"), env=env, timeout_s=900)
     if not _installed():
         raise StackError(f"`{command}` ran but mosquitto or initdb is still missing")
+
+
+def _url(user: str, password: str, port: int) -> str:
+    return f"mqtt://{quote(user, safe='')}:{quote(password, safe='')}@{LOOPBACK}:{port}"
 
 
 def _installed() -> bool:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pulsewire import brokerauth
+from pulsewire.brokerconf import BrokerFiles, BrokerLayout, render_config
 from pulsewire.errors import StackError
+from pulsewire.pki import CertificateAuthority
 from pulsewire.stack import _procs
 from pulsewire.stack._ports import LOOPBACK, port_accepts, wait_for_port
 
@@ -22,6 +26,15 @@ _RELOAD_TIMEOUT_S = 10.0
 _RELOAD_MARK = b"Reloading config"
 
 
+@dataclass(frozen=True)
+class BrokerPorts:
+    """The local broker's three loopback ports."""
+
+    password: int
+    service: int
+    mtls: int
+
+
 def binary() -> Path | None:
     """Mosquitto's executable (Debian puts it in /usr/sbin, often off a user's PATH)."""
     found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -29,18 +42,43 @@ def binary() -> Path | None:
 
 
 class Mosquitto:
-    """One broker in `root` listening on 127.0.0.1:`port`, with passwords and ACL files."""
+    """One broker in `root`: the device mTLS, device password and service listeners on loopback.
 
-    def __init__(self, root: Path, port: int, service_user: str, service_password: str) -> None:
+    `port` is the device password listener (plain text on loopback in the local stack), kept on
+    the port the stack always had; `service_port` the services'; `mtls_port` the certificates'.
+    """
+
+    def __init__(self, root: Path, ports: BrokerPorts, service_logins: dict[str, str], pki_dir: Path) -> None:
         self.root = root
-        self.port = port
-        self.service_user = service_user
-        self.service_password = service_password
+        self.port = ports.password
+        self.ports = ports
+        # {login: password}: the operator's login first, then one per component
+        self.service_logins = service_logins
+        self.pki_dir = pki_dir
         self.conf = root / "mosquitto.conf"
         self.password_file = root / "passwd"
         self.acl_file = root / "acl"
+        self.org_logins_file = root / "org_logins.json"
         self.log = root / "mosquitto.log"
         self.pid_file = root / "mosquitto.pid"
+
+    @property
+    def files(self) -> BrokerFiles:
+        """Where the broker's TLS material, passwords and ACLs are."""
+        return BrokerFiles(
+            ca_file=self.pki_dir / "ca.crt", cert_file=self.root / "server.crt",
+            key_file=self.root / "server.key", crl_file=self.pki_dir / "crl.pem",
+            device_passwords=self.password_file, device_acl=self.acl_file,
+            service_passwords=self.root / "service.passwd", service_acl=self.root / "service.acl",
+        )  # fmt: skip
+
+    def layout(self) -> BrokerLayout:
+        """The local stack's listeners, all on loopback."""
+        return BrokerLayout(
+            files=self.files, mtls_port=self.ports.mtls, password_port=self.ports.password,
+            service_port=self.ports.service, service_host=LOOPBACK, bind=LOOPBACK, password_tls=False,
+            persistence_dir=self.root / "data", pid_file=self.pid_file, run_as_root=_procs.is_root(),
+        )  # fmt: skip
 
     def pid(self) -> int | None:
         """The broker's pid when it runs with our config file, else None."""
@@ -57,13 +95,17 @@ class Mosquitto:
         """Write config (and auth files on first start), then start the broker unless it runs."""
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.root / "data").mkdir(mode=0o700, exist_ok=True)
-        self.conf.write_text(self._render_conf())
-        if not self.password_file.exists():
+        ca = CertificateAuthority.open(self.pki_dir)
+        if not self.files.cert_file.exists():
+            ca.issue_server_certificate([LOOPBACK, "localhost"], self.root, stem="server")
+        self.conf.write_text(render_config(self.layout()))
+        if not self.files.service_passwords.exists() or not self.password_file.exists():
             self.write_auth([])
         if self.running():
             return
-        if port_accepts(self.port):
-            raise StackError(f"cannot start Mosquitto: port {self.port} is taken by another process")
+        for port in (self.ports.password, self.ports.service, self.ports.mtls):
+            if port_accepts(port):
+                raise StackError(f"cannot start Mosquitto: port {port} is taken by another process")
         self._launch()
 
     def stop(self) -> None:
@@ -73,15 +115,49 @@ class Mosquitto:
             _procs.stop_pid(pid, signal.SIGTERM, timeout_s=60)
 
     def write_auth(self, devices: Iterable[tuple[str, str]]) -> None:
-        """Atomically rewrite the password file (service user + devices) and the ACL."""
-        service = (self.service_user, brokerauth.hash_password(self.service_password))
+        """Atomically rewrite both listeners' password and ACL files (devices and org logins)."""
+        hashed = brokerauth.hash_password
+        operator, *_ = self.service_logins
+        components = {name.removeprefix(f"{operator}-"): name for name in list(self.service_logins)[1:]}
+        orgs = self.org_logins()
+        org_entries = [(brokerauth.org_login(org), digest) for org, digest in orgs.items()]
         try:
-            passwords = brokerauth.render_password_file([service, *devices])
-            acl = brokerauth.render_acl(self.service_user)
+            services = brokerauth.render_password_file(
+                (login, hashed(password)) for login, password in self.service_logins.items()
+            )
+            service_acl = brokerauth.render_service_acl(operator, components)
+            passwords = brokerauth.render_password_file([*devices, *org_entries])
+            acl = brokerauth.render_device_acl(sorted(orgs))
         except ValueError as exc:
             raise StackError(f"cannot write broker credentials: {exc}") from exc
+        _atomic_write(self.files.service_passwords, services)
+        _atomic_write(self.files.service_acl, service_acl)
         _atomic_write(self.password_file, passwords)
         _atomic_write(self.acl_file, acl)
+
+    def device_entries(self) -> list[tuple[str, str]]:
+        """The devices' `(login, password hash)` pairs in the password file now (org logins left out)."""
+        try:
+            lines = self.password_file.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        org = brokerauth.org_login(0).removesuffix("0")
+        pairs = (line.split(":", 1) for line in lines if line and not line.startswith(org))
+        return [(login, digest) for login, digest in pairs]
+
+    def org_logins(self) -> dict[int, str]:
+        """`{org_id: password hash}` of the org subscriber logins issued so far."""
+        try:
+            stored: dict[str, str] = json.loads(self.org_logins_file.read_text())
+        except FileNotFoundError:
+            return {}
+        return {int(org): digest for org, digest in stored.items()}
+
+    def set_org_login(self, org_id: int, password_hash: str) -> None:
+        """Store (or replace) one org's subscriber login; `write_auth` and `reload` apply it."""
+        stored = {str(org): digest for org, digest in self.org_logins().items()}
+        stored[str(org_id)] = password_hash
+        _atomic_write(self.org_logins_file, json.dumps(stored, indent=1))
 
     def reload(self) -> None:
         """SIGHUP the broker and wait until it has re-read its files (no-op when stopped)."""
@@ -127,44 +203,6 @@ class Mosquitto:
             raise StackError(
                 f"Mosquitto did not listen on {LOOPBACK}:{self.port}:\n{_procs.log_tail(self.log)}"
             )
-
-    def _render_conf(self) -> str:
-        lines = [
-            "# Generated by pulsewire on every start; edit pulsewire/stack instead.",
-            "per_listener_settings false",
-            f"listener {self.port} {LOOPBACK}",
-            "allow_anonymous false",
-            f"password_file {self.password_file}",
-            f"acl_file {self.acl_file}",
-            "persistence true",
-            f"persistence_location {self.root / 'data'}",
-            # Save sessions every minute too, not only on a clean shutdown.
-            "autosave_interval 60",
-            "persistent_client_expiration 14d",
-            "set_tcp_nodelay true",
-            # A persistent ingest session must survive a slow or restarting consumer...
-            "max_queued_messages 1000000",
-            # ...but one stuck session must not take the whole machine's memory.
-            "max_queued_bytes 536870912",
-            "memory_limit 2147483648",
-            "max_packet_size 2097152",
-            # 0 = no broker cap: an MQTT 5 consumer's Receive Maximum decides (ingest acks after commit,
-            # so a cap of 200 unacked messages would bound it to ~200 messages per batch commit).
-            "max_inflight_messages 0",
-            "log_dest stderr",
-            # One type per line: Mosquitto ignores all but the first word of a log_type line.
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
-            f"pid_file {self.pid_file}",
-        ]
-        if _procs.is_root():
-            # As root Mosquitto would otherwise drop to user 'mosquitto', which can
-            # neither read our 0600 password file nor write the persistence file.
-            lines.append("user root")
-        return "\n".join(lines) + "\n"
 
 
 def _atomic_write(path: Path, text: str) -> None:
