@@ -22,7 +22,6 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -30,7 +29,7 @@ import paho.mqtt.client as mqtt
 from pulsewire.errors import BrokerError
 from pulsewire.mqtt import ConnectOptions, paho_client, paho_connect
 from pulsewire.settings import MqttTarget
-from relay import egress
+from relay import egress, mail
 from relay.signing import HEADER, IDEMPOTENCY_HEADER, sign
 from schemas import topics
 
@@ -91,6 +90,7 @@ class Channels:
         client_id: str = "pulsewire-relay",
         egress_policy: egress.EgressPolicy | None = None,
         verify: ssl.SSLContext | bool = True,
+        smtp_policy: mail.SmtpPolicy | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         # No keep-alive: every attempt connects to the address it has just checked, and a connection
@@ -106,6 +106,7 @@ class Channels:
         self._mqtt_target = mqtt_target
         self._smtp_url = smtp_url
         self._smtp_from = smtp_from
+        self._smtp_policy = smtp_policy or mail.SmtpPolicy.from_env()
         self._timeout_s = timeout_s
         self._client_id = client_id
         self._mqtt: mqtt.Client | None = None
@@ -209,15 +210,11 @@ class Channels:
     def _email(self, d: Delivery) -> Outcome:
         if not self._smtp_url or not d.recipients:
             return Outcome(False, None, "no SMTP server or no recipients", permanent=True)
-        parts = urlsplit(self._smtp_url)
         message = _email_message(d, self._smtp_from)
         try:
-            with smtplib.SMTP(
-                parts.hostname or "localhost", parts.port or 25, timeout=self._timeout_s
-            ) as smtp:
-                if parts.username:
-                    smtp.login(parts.username, parts.password or "")
-                smtp.send_message(message)
+            mail.send(self._smtp_url, self._smtp_policy, message, timeout_s=self._timeout_s)
+        except mail.SmtpRefused as exc:
+            return Outcome(False, None, clean_text(f"refused: {exc}"))
         except (OSError, smtplib.SMTPException) as exc:
             return Outcome(False, None, describe(exc))
         return Outcome(True)

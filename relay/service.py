@@ -28,6 +28,7 @@ from relay.channels import Channels
 from relay.deliver import InFlight, RetryPolicy, deliver_one
 from relay.egress import EgressPolicy
 from relay.engine import EngineConfig, evaluate_pending
+from relay.mail import SmtpPolicy
 from relay.rules import seed_defaults
 from relay.tick import check_silences, escalate
 
@@ -43,6 +44,8 @@ class RelayConfig:
     mqtt: MqttTarget | None
     smtp_url: str | None = None
     smtp_from: str = "pulsewire@localhost"
+    # E-mail over TLS only; plain to a loopback relay when PULSEWIRE_SMTP_ALLOW_PLAIN_LOOPBACK (unless given).
+    smtp: SmtpPolicy = field(default_factory=SmtpPolicy.from_env)
     escalate_after_s: int = 900
     late_after_s: float = 300.0
     delivery_threads: int = 4
@@ -68,6 +71,7 @@ class RelayConfig:
             mqtt=settings.mqtt(),
             smtp_url=settings.smtp_url,
             smtp_from=settings.smtp_from,
+            smtp=SmtpPolicy.from_settings(settings),
             escalate_after_s=settings.escalate_after_s,
             egress=EgressPolicy.from_settings(settings),
             webhook_timeout_s=settings.webhook_timeout_s,
@@ -170,6 +174,7 @@ class RelayWorker:
             timeout_s=self.cfg.webhook_timeout_s,
             client_id=f"pulsewire-relay-{self.cfg.worker}-{name}".replace(":", "-"),
             egress_policy=self.cfg.egress,
+            smtp_policy=self.cfg.smtp,
         )
         try:
             with connect(self.cfg.database_url, autocommit=True) as conn:

@@ -7,6 +7,9 @@ import os
 # Test receivers listen on loopback over http: allowed for the whole session, as in development.
 # Tests that prove the refusal build a strict `relay.egress.EgressPolicy` for themselves.
 os.environ["PULSEWIRE_WEBHOOK_ALLOW_PRIVATE"] = "1"
+# Likewise the SMTP test servers speak plain SMTP on loopback; tests/test_smtp_tls.py proves TLS and
+# the refusals with policies of its own.
+os.environ["PULSEWIRE_SMTP_ALLOW_PLAIN_LOOPBACK"] = "1"
 
 pytest_plugins = [
     "tests.fix_stack",
