@@ -60,6 +60,13 @@ class Tls:
     key_file: Path | None = None
     check_hostname: bool = True
 
+    @classmethod
+    def of(cls, target: MqttTarget) -> Tls | None:
+        """The TLS of an `mqtts://` target (its CA, or the system's; its client certificate); None for `mqtt://`."""
+        if not target.tls:
+            return None
+        return cls(ca_file=target.ca_file, cert_file=target.cert_file, key_file=target.key_file)
+
     def context(self) -> ssl.SSLContext:
         """A client context: certificates always verified; the host name as `check_hostname` says."""
         try:
@@ -108,7 +115,7 @@ class ConnectOptions:
         """The options for `target` (the service login from the settings), with `options` on top."""
         login = {"username": target.username, "password": target.password}
         return cls(
-            host=target.host, port=target.port, client_id=client_id, tls=Tls() if target.tls else None,
+            host=target.host, port=target.port, client_id=client_id, tls=Tls.of(target),
             **{**login, **options},
         )  # fmt: skip
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -24,6 +24,13 @@ class Settings(BaseSettings):
 
     database_url: str | None = None
     mqtt_url: str | None = None
+    # where devices connect (the local stack's device listeners when unset), and the CA that signs
+    # the broker's certificate (the local stack's CA when unset) plus an optional client certificate
+    mqtt_device_url: str | None = None
+    mqtt_mtls_url: str | None = None
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
     state_dir: Path = Path(".pulsewire")
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -107,8 +114,16 @@ class Settings(BaseSettings):
         return url
 
     def mqtt(self) -> MqttTarget:
-        """The broker address and service credentials, parsed."""
-        return MqttTarget.parse(self.require_mqtt_url())
+        """The broker address and service credentials, parsed, with where devices connect and the CA."""
+        ca_file = self.mqtt_ca_file or _path(self._stack_value("ca_file"))
+        device_url = self.mqtt_device_url or self._stack_value("mqtt_device_url")
+        mtls_url = self.mqtt_mtls_url or self._stack_value("mqtts_url")
+        return replace(
+            MqttTarget.parse(self.require_mqtt_url()),
+            ca_file=ca_file, cert_file=self.mqtt_cert_file, key_file=self.mqtt_key_file,
+            devices=replace(MqttTarget.parse(device_url), ca_file=ca_file) if device_url else None,
+            mtls=replace(MqttTarget.parse(mtls_url), ca_file=ca_file) if mtls_url else None,
+        )  # fmt: skip
 
     def _stack_value(self, key: str) -> str | None:
         from pulsewire.stack import Stack
@@ -139,6 +154,13 @@ class MqttTarget:
     username: str | None
     password: str | None
     tls: bool
+    # the CA to check the broker with (None: the system's), and a client certificate (mutual TLS)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # where devices log in with a password, and with a certificate, when the settings know
+    devices: MqttTarget | None = None
+    mtls: MqttTarget | None = None
 
     @classmethod
     def parse(cls, url: str) -> MqttTarget:
@@ -155,3 +177,7 @@ class MqttTarget:
             password=unquote(parts.password) if parts.password else None,
             tls=tls,
         )
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None

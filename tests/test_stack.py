@@ -34,8 +34,11 @@ NOT_AUTHORIZED = 0x87  # what Mosquitto 2.0 answers a wrong password or an unkno
 class Peer:
     """A paho MQTT 5 client on its own network thread; callbacks only fill queues."""
 
-    def __init__(self, info: StackInfo, username: str, password: str, client_id: str = "") -> None:
+    def __init__(
+        self, info: StackInfo, username: str, password: str, client_id: str = "", port: int | None = None
+    ) -> None:
         self.info = info
+        self.port = port or info.mqtt_port  # the device listener unless told otherwise
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         self.client.username_pw_set(username, password)
         self.connacks: queue.Queue[tuple[ReasonCode, bool]] = queue.Queue()
@@ -50,9 +53,7 @@ class Peer:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if session_expiry_s:
             props.SessionExpiryInterval = session_expiry_s
-        self.client.connect(
-            self.info.mqtt_host, self.info.mqtt_port, clean_start=clean_start, properties=props
-        )
+        self.client.connect(self.info.mqtt_host, self.port, clean_start=clean_start, properties=props)
         self.client.loop_start()
         result = self.connacks.get(timeout=WAIT_S)
         if result[0].is_failure:
@@ -83,7 +84,7 @@ class Peer:
 
 def service(info: StackInfo, client_id: str = "") -> Peer:
     password = info.mqtt_url.split("@")[0].rsplit(":", 1)[1]
-    return Peer(info, SERVICE_USER, password, client_id)
+    return Peer(info, SERVICE_USER, password, client_id, port=info.service_port)
 
 
 def unique(prefix: str) -> str:

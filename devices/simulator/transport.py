@@ -30,9 +30,14 @@ SESSION_EXPIRY_S = 300
 
 
 def link_options(target: MqttTarget, username: str, password: str, client_id: str) -> ConnectOptions:
-    """A simulated login on `target`'s broker: a session kept across its own reconnects, quick retries."""
+    """A simulated login on `target`'s broker: a session kept across its own reconnects, quick retries.
+
+    A device's login (any but the target's own) goes to the devices' listener when the target names one:
+    the service listener accepts only Pulsewire's components.
+    """
+    broker = target if username == target.username else (target.devices or target)
     return ConnectOptions.from_target(
-        target, client_id, username=username, password=password, keepalive_s=60, clean_start="first_only",
+        broker, client_id, username=username, password=password, keepalive_s=60, clean_start="first_only",
         session_expiry_s=SESSION_EXPIRY_S, backoff=Backoff(first_s=0.05, max_s=5.0),
     )  # fmt: skip
 
