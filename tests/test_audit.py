@@ -17,7 +17,7 @@ from pulsewire.stack import StackInfo
 from tests.fix_api import Users, assert_error
 from tests.fix_browser import LiveServer, WebPeople
 from tests.fix_db import World
-from tests.test_web import client, csrf_of, signed_in
+from tests.web_support import client, csrf_of, signed_in
 
 
 def _insert_one(conn: psycopg.Connection[tuple[object, ...]]) -> None:

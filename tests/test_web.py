@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -13,28 +11,7 @@ import pytest
 from pulsewire.db import connect
 from tests.fix_browser import PASSWORD, LiveServer, WebPeople, insert_alert, insert_readings
 from tests.fix_db import World
-
-HTML = {"Accept": "text/html"}
-
-
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert match, "no CSRF token in the page"
-    return match[1]
-
-
-def client(live: LiveServer) -> httpx.Client:
-    return httpx.Client(base_url=live.url, follow_redirects=False, headers=HTML, timeout=10)
-
-
-@contextmanager
-def signed_in(live: LiveServer, email: str) -> Iterator[httpx.Client]:
-    """A client with a live session of `email`."""
-    with client(live) as c:
-        token = csrf_of(c.get("/login").text)
-        r = c.post("/login", data={"email": email, "password": PASSWORD, "csrf_token": token, "next": "/"})
-        assert r.status_code == 303, r.text
-        yield c
+from tests.web_support import HTML, client, csrf_of, signed_in
 
 
 @pytest.fixture
