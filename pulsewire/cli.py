@@ -55,6 +55,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_simple(sub, "maintain", "create time partitions ahead and apply retention", _cmd_maintain)
     _add_registry(sub)
     _add_quarantine(sub)
+    _add_broker(sub)
     _add_export(sub)
     schemas = sub.add_parser("schemas", help="export the payloads' JSON Schema")
     schemas.set_defaults(handler=_cmd_schemas)
@@ -91,6 +92,12 @@ def _add_registry(sub: Any) -> None:
     from pulsewire import cli_registry
 
     cli_registry.add_commands(sub)
+
+
+def _add_broker(sub: Any) -> None:
+    from pulsewire import cli_broker
+
+    cli_broker.add_commands(sub)
 
 
 def _add_quarantine(sub: Any) -> None:

@@ -1,5 +1,6 @@
 """Admin commands: `pulsewire orgs|owners|devices|users add|list`, `users disable|enable|token`,
-`devices decommission`."""
+`devices decommission`; certificates (`devices add --cert`, `devices cert|revoke-cert`) and org MQTT
+logins (`orgs mqtt-login`) are in `pulsewire.cli_broker`."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import argparse
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from pulsewire import registry
+from pulsewire import cli_broker, registry
 from pulsewire.db import connect
 from pulsewire.settings import Settings
 
@@ -20,6 +22,7 @@ def add_commands(sub: Any) -> None:
     add = _action(orgs, "add", _orgs_add, "create an org")
     add.add_argument("name")
     add.add_argument("--kind", required=True, choices=registry.ORG_KINDS)
+    cli_broker.add_org_actions(orgs, _action)
 
     owners = _group(sub, "owners", "device owners (patients, car owners)")
     add = _action(owners, "add", _owners_add, "register an owner in a provider's care")
@@ -37,6 +40,8 @@ def add_commands(sub: Any) -> None:
     add.add_argument("--owner", type=int, help="owner id")
     add.add_argument("--serial")
     add.add_argument("--firmware", default="")
+    add.add_argument("--cert", type=Path, metavar="DIR", help="also write ID.crt, ID.key and ca.crt into DIR")
+    cli_broker.add_device_actions(devices, _action)
     retire = _action(
         devices, "decommission", _devices_decommission, "retire a device: no broker login, data kept"
     )
@@ -153,6 +158,10 @@ def _devices_add(settings: Settings, args: argparse.Namespace) -> int:
     )
     if not synced:
         text += "\n  (no local stack running: provision these on your broker)"
+    if args.cert is not None:
+        paths = cli_broker.write_device_certificate(settings, creds.device_id, args.cert)
+        data["cert_files"] = [str(path) for path in paths]
+        text += "\n  certificate: " + ", ".join(map(str, paths))
     return _emit(args, data, text)
 
 
