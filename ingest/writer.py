@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 
 from ingest._streams import update_streams
 from ingest.validate import Event, Quarantined, Status, Telemetry, Validated
+from pulsewire import rollups
 from pulsewire.db import TRANSIENT_ERRORS, connect, int_array, text_array
 from pulsewire.errors import DatabaseError
 from pulsewire.storage import maintain
@@ -66,6 +67,7 @@ class BatchWriter:
         self._url = url
         self._conn: Conn | None = None
         self._keep_bytes = quarantine_payload_max_bytes
+        self._rollups = rollups.Refresher(url)
 
     def close(self) -> None:
         """Close the connection (a later call reconnects)."""
@@ -88,6 +90,7 @@ class BatchWriter:
 
         `payloads` (the raw messages, in the same order) are what a refused message is quarantined with.
         """
+        self._rollups.poke()  # what earlier batches committed, rolled up in the background when due
         keep = self._keep_bytes
         try:
             return self._run(lambda c: _write_batch(c, items, keep))

@@ -140,7 +140,7 @@ def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from pulsewire.storage import maintain
 
     url = settings.require_database_url()
-    applied = migrate(url)
+    applied = migrate(url, settings.storage)
     with connect(url, autocommit=True) as conn:
         maintain(conn, retention_days=settings.retention_days)
         from relay.rules import seed_defaults

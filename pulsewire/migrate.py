@@ -3,8 +3,11 @@
 A file is `NNNN_name.sql` (every database), or `NNNN_name.native.sql` / `NNNN_name.timescale.sql`
 (only the variant matching the storage chosen at the first migration). A file whose first line is
 `-- pulsewire:no-transaction` runs outside a transaction (TimescaleDB continuous aggregates need it).
-The storage is chosen once: TimescaleDB when `CREATE EXTENSION timescaledb` succeeds, else native
-partitioning. Callers never branch on it; they call `pw_bucket` and read `readings`.
+The storage is chosen once, at the first migration, by `PULSEWIRE_STORAGE`: `timescale` (refused
+clearly when the extension cannot be created), `native` (the extension is never created), or `auto`
+(TimescaleDB when `CREATE EXTENSION timescaledb` succeeds, else native partitioning). Callers rarely
+branch on it; they call `pw_bucket`, read `readings`, and read hourly rollups through
+`pulsewire.rollups`.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from typing import Literal
 import psycopg
 
 from pulsewire.db import connect
-from pulsewire.errors import DatabaseError
+from pulsewire.errors import ConfigError, DatabaseError
 
 Storage = Literal["native", "timescale"]
+StorageChoice = Literal["auto", "native", "timescale"]
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+?)(?:\.(?P<variant>native|timescale))?\.sql$")
 _NO_TX = "-- pulsewire:no-transaction"
 _LOCK_KEY = 0x5057_4D49  # advisory lock: one migrator at a time
@@ -48,13 +52,17 @@ def available_migrations() -> list[Migration]:
     return sorted(found, key=lambda m: (m.version, m.variant or ""))
 
 
-def migrate(url: str) -> list[str]:
-    """Apply pending migrations; returns the versions applied (empty when up to date)."""
+def migrate(url: str, storage: StorageChoice = "auto") -> list[str]:
+    """Apply pending migrations; returns the versions applied (empty when up to date).
+
+    `storage` is honoured on a new database; on a migrated one it must be `auto` or the storage it has
+    (ConfigError otherwise: the storage of existing data is not switched by a setting).
+    """
     try:
         with connect(url, autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
             try:
-                return _apply_pending(conn)
+                return _apply_pending(conn, storage)
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     except psycopg.Error as exc:
@@ -69,14 +77,19 @@ def storage_of(conn: psycopg.Connection[dict[str, object]]) -> Storage:
     return "timescale" if row["value"] == "timescale" else "native"
 
 
-def _apply_pending(conn: psycopg.Connection[dict[str, object]]) -> list[str]:
+def _apply_pending(conn: psycopg.Connection[dict[str, object]], wanted: StorageChoice) -> list[str]:
     conn.execute(
         """CREATE TABLE IF NOT EXISTS schema_migrations (
                version text PRIMARY KEY, name text NOT NULL, variant text,
                applied_at timestamptz NOT NULL DEFAULT now())"""
     )
     done = {r["version"] for r in conn.execute("SELECT version FROM schema_migrations")}
-    storage = _choose_storage(conn) if not done else _recorded_storage(conn)
+    storage = _choose_storage(conn, wanted) if not done else _recorded_storage(conn)
+    if wanted not in ("auto", storage):
+        raise ConfigError(
+            f"PULSEWIRE_STORAGE={wanted}, but this database was migrated with {storage} storage; "
+            "the storage of a database is chosen at its first migration"
+        )
     applied: list[str] = []
     for migration in available_migrations():
         if migration.version in done or migration.variant not in (None, storage):
@@ -109,14 +122,25 @@ def _only_comments(chunk: str) -> bool:
     return all(not line.strip() or line.strip().startswith("--") for line in chunk.splitlines())
 
 
-def _choose_storage(conn: psycopg.Connection[dict[str, object]]) -> Storage:
+def _choose_storage(conn: psycopg.Connection[dict[str, object]], wanted: StorageChoice) -> Storage:
+    if wanted == "native":
+        return "native"
     available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
     if available is None:
+        if wanted == "timescale":
+            raise ConfigError(
+                "PULSEWIRE_STORAGE=timescale, but this PostgreSQL has no timescaledb extension installed"
+            )
         return "native"
     try:
         with conn.transaction():
             conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    except psycopg.Error:
+    except psycopg.Error as exc:
+        if wanted == "timescale":
+            raise ConfigError(
+                "PULSEWIRE_STORAGE=timescale, but the timescaledb extension cannot be created "
+                f"(is it in shared_preload_libraries?): {str(exc).splitlines()[0]}"
+            ) from exc
         # Installed but not preloaded (shared_preload_libraries): plain PostgreSQL still works.
         return "native"
     return "timescale"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field
@@ -49,6 +50,9 @@ class Settings(BaseSettings):
     quarantine_retention_days: int = Field(default=30, ge=1, le=3_650)
     # retention (days) of raw readings and events
     retention_days: int = Field(default=400, ge=1)
+    # storage of readings and events, chosen at the first migration: TimescaleDB hypertables, native
+    # day partitions, or `auto` (TimescaleDB when its extension can be created, else native)
+    storage: Literal["auto", "timescale", "native"] = "auto"
     # relay
     # e-mail: `smtps://` (TLS from the start) or `smtp://` with STARTTLS required; plain SMTP only to
     # a loopback relay and only with `smtp_allow_plain_loopback`; `smtp_ca_file` trusts a private CA

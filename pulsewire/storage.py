@@ -1,8 +1,9 @@
-"""Time-series housekeeping: partitions ahead, retention behind.
+"""Time-series housekeeping: partitions ahead, retention behind, hourly rollups brought up to date.
 
-On TimescaleDB the policies added by the migration do this work and `maintain` only checks them.
-On plain PostgreSQL `readings` and `events` are partitioned by day: `maintain` creates the
-partitions for the days around now and drops the ones retention has passed. Either way it deletes
+On TimescaleDB the policies added by the migration do this work (compression, retention, the
+continuous aggregate's refresh). On plain PostgreSQL `readings` and `events` are partitioned by
+day: `maintain` creates the partitions for the days around now, drops the ones retention has
+passed, refreshes the hourly rollups (`pulsewire.rollups`) and expires theirs. Either way it deletes
 quarantine rows older than their own retention. Ingest runs it at start and then hourly, so a
 long-running system never writes into a missing day.
 """
@@ -15,6 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 import psycopg
 from psycopg import sql
 
+from pulsewire import rollups
 from pulsewire.migrate import storage_of
 
 PARTITIONED_TABLES = ("readings", "events")
@@ -29,6 +31,7 @@ class MaintenanceReport:
     dropped: list[str] = field(default_factory=list)
     expired_default_rows: int = 0
     expired_quarantine_rows: int = 0
+    expired_rollup_rows: int = 0
 
 
 def maintain(
@@ -52,6 +55,8 @@ def maintain(
         with conn.transaction():
             _create_partitions(conn, table, now.date(), cutoff.date(), report)
             _drop_expired(conn, table, cutoff, report)
+    rollups.refresh(conn, now=now)
+    report.expired_rollup_rows = rollups.expire(conn, cutoff)
     return report
 
 

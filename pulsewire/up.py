@@ -13,9 +13,11 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from pulsewire import demo
 from pulsewire.db import connect
+from pulsewire.errors import ConfigError
 from pulsewire.migrate import migrate
 from pulsewire.settings import Settings
 from pulsewire.stack import Stack, StackInfo, ensure_packages
@@ -38,21 +40,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--time-scale", type=float, default=60.0, help="simulated seconds per wall second for the demo fleet"
     )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help=f"seed the demo orgs and one login per role (password {demo.DEMO_PASSWORD!r}); "
+        "only into the local stack's own database",
+    )
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     ensure_packages()
     stack = Stack(settings.state_dir)
     before = stack.status()
+    if args.demo:  # before anything starts or is written
+        demo.require_private_database(settings.database_url, before.database_url if before else None)
     started_stack = before is None or not before.running
     info = stack.up()
     database_url = settings.database_url or info.database_url
-    migrate(database_url)
+    migrate(database_url, settings.storage)
     with connect(database_url, autocommit=True) as conn:
         maintain(conn, retention_days=settings.retention_days)
-        logins = demo.seed(conn)
+        logins = demo.seed(conn) if args.demo else ()
     port = args.port or settings.api_port
+    tls = _dashboard_certificate(settings, stack)
     env = _child_env(settings, info, database_url, port)
+    env.update(PULSEWIRE_API_CERT_FILE=str(tls[0].resolve()), PULSEWIRE_API_KEY_FILE=str(tls[1].resolve()))
     children = _start_children(env, args)
     _print_banner(settings, info, port, logins, children)
     status = _supervise(children)
@@ -62,6 +74,21 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print("Pulsewire stopped; the local stack was already running and keeps running.")
     return status
+
+
+def _dashboard_certificate(settings: Settings, stack: Stack) -> tuple[Path, Path]:
+    """The dashboard's certificate and key: the settings' own, or one the local stack's CA signs."""
+    configured = settings.api_tls()
+    if configured:
+        return configured
+    names = ["localhost", "127.0.0.1", "::1"]
+    if settings.api_host not in (*names, "0.0.0.0", "::"):
+        names.append(settings.api_host)
+    try:
+        ca = stack.certificate_authority()
+    except ConfigError as exc:
+        raise ConfigError(f"the dashboard's certificate: {exc}") from exc
+    return ca.issue_server_certificate(names, stack.state_dir / "dashboard-tls", stem="dashboard")
 
 
 def _child_env(settings: Settings, info: StackInfo, database_url: str, port: int) -> dict[str, str]:
@@ -113,16 +140,23 @@ def _start_children(env: dict[str, str], args: argparse.Namespace) -> list[Child
 def _print_banner(
     settings: Settings, info: StackInfo, port: int, logins: tuple[demo.DemoLogin, ...], children: list[Child]
 ) -> None:
+    if logins:
+        accounts = [
+            f"  demo logins (password: {demo.DEMO_PASSWORD})",
+            *[f"    {login.email:<28} {login.sees}" for login in logins],
+        ]
+    else:
+        accounts = ["  logins      none seeded: `pulsewire users add ...`, or `pulsewire up --demo`"]
     lines = [
         "",
         "Pulsewire is up.",
-        f"  dashboard   http://{settings.api_host}:{port}/",
-        f"  API         http://{settings.api_host}:{port}/api/v1  (OpenAPI at /openapi.json)",
+        f"  dashboard   https://{settings.api_host}:{port}/",
+        f"  API         https://{settings.api_host}:{port}/api/v1  (OpenAPI at /openapi.json)",
+        f"  CA          {Stack(settings.state_dir).pki_dir / 'ca.crt'}  (trust it, or curl --cacert it)",
         f"  MQTT        {info.mqtt_url.split('@')[-1]}  (devices log in with their own credentials)",
         f"  PostgreSQL  {info.database_url.split('@')[-1]}",
         "  services    " + ", ".join(f"{c.name} (pid {c.process.pid})" for c in children),
-        f"  demo logins (password: {demo.DEMO_PASSWORD})",
-        *[f"    {login.email:<28} {login.sees}" for login in logins],
+        *accounts,
         "Press Ctrl-C to stop everything.",
         "",
     ]

@@ -1,4 +1,10 @@
-"""Database fixtures: a fresh, migrated database per test module on the session's stack."""
+"""Database fixtures: a fresh, migrated database per test module on the session's stack.
+
+Storage: a test marked `@pytest.mark.storage("native")` or `("timescale")` runs on that storage; one
+marked `storage("native", "timescale")` runs once on each that is installed (the database fixture is
+parametrized, the test is not copied); an unmarked test runs on native storage. When TimescaleDB is
+not installed, timescale variants are not generated at all (the session header says so).
+"""
 
 from __future__ import annotations
 
@@ -15,10 +21,11 @@ import pytest
 
 from pulsewire import registry
 from pulsewire.db import connect
-from pulsewire.migrate import migrate
+from pulsewire.migrate import Storage, migrate
 from pulsewire.registry import DeviceCredentials
 from pulsewire.settings import Settings
 from pulsewire.stack import Stack, StackInfo
+from pulsewire.stack._postgres import bin_dir, timescaledb_available
 
 
 def database_url_for(info: StackInfo, dbname: str) -> str:
@@ -26,15 +33,65 @@ def database_url_for(info: StackInfo, dbname: str) -> str:
     return urlunsplit(parts._replace(path=f"/{dbname}"))
 
 
+def installed_storages() -> tuple[Storage, ...]:
+    """The storages this machine's PostgreSQL can give a test database."""
+    bindir = bin_dir()
+    return ("native", "timescale") if bindir and timescaledb_available(bindir) else ("native",)
+
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if "timescale" in installed_storages():
+        return "storage: native and TimescaleDB; storage-dependent tests run on each"
+    return (
+        "storage: native only; TimescaleDB is not installed, so the timescale variants of "
+        "storage-dependent tests are not generated"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("storage")
+    if marker is None or "storage" not in metafunc.fixturenames:
+        return
+    storages = [s for s in marker.args if s in installed_storages()]
+    if storages:
+        metafunc.parametrize("storage", storages, indirect=True, scope="module")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A test only for a storage that is not installed is not generated (deselected, not skipped).
+    def absent(item: pytest.Item) -> bool:
+        marker = item.get_closest_marker("storage")
+        return marker is not None and not set(marker.args) & set(installed_storages())
+
+    gone = [item for item in items if absent(item)]
+    if gone:
+        config.hook.pytest_deselected(items=gone)
+        items[:] = [item for item in items if not absent(item)]
+
+
 @pytest.fixture(scope="module")
-def db_url(request: pytest.FixtureRequest, stack_info: StackInfo) -> Iterator[str]:
-    """URL of a new database for this test module, with every migration applied."""
+def storage(request: pytest.FixtureRequest) -> Storage:
+    """The storage of this module's database (parametrized by the `storage` marker; native otherwise)."""
+    return getattr(request, "param", "native")
+
+
+@pytest.fixture(scope="module")
+def db_url(request: pytest.FixtureRequest, stack_info: StackInfo, storage: Storage) -> Iterator[str]:
+    """URL of a new database for this test module, with every migration applied for `storage`."""
     module = re.sub(r"[^a-z0-9]", "_", request.module.__name__.rsplit(".", 1)[-1].lower())[:30]
-    dbname = f"t_{module}_{secrets.token_hex(3)}"
+    dbname = f"t_{module}_{storage[:2]}_{secrets.token_hex(3)}"
     with psycopg.connect(stack_info.database_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{dbname}"'.encode())
     url = database_url_for(stack_info, dbname)
-    migrate(url)
+    migrate(url, storage)
+    if storage == "timescale":
+        with connect(url, autocommit=True) as c:
+            # Policies run when a test says so (CALL run_job), not at moments of the scheduler's choosing.
+            c.execute(
+                "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
+                " WHERE job_id >= 1000"
+            )
     yield url
     with psycopg.connect(stack_info.database_url, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'.encode())

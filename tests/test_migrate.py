@@ -1,36 +1,78 @@
-"""Migrations and storage housekeeping on plain PostgreSQL (the path every test here runs on)."""
+"""Migrations and storage housekeeping, on native storage and (where installed) on TimescaleDB."""
 
 from __future__ import annotations
 
-import os
+import secrets
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
 
-from pulsewire.db import connect
-from pulsewire.migrate import available_migrations, migrate, storage_of
+from pulsewire.errors import ConfigError
+from pulsewire.migrate import Storage, available_migrations, migrate, storage_of
+from pulsewire.stack import StackInfo
 from pulsewire.storage import list_partitions, maintain
+from tests.fix_db import database_url_for, installed_storages
 
 Conn = psycopg.Connection[dict[str, Any]]
+both = pytest.mark.storage("native", "timescale")
 
 
-def test_migrations_run_twice_are_a_no_op(db_url: str, conn: Conn) -> None:
+@both
+def test_migrations_run_twice_are_a_no_op(db_url: str, conn: Conn, storage: Storage) -> None:
     before = conn.execute("SELECT version, applied_at FROM schema_migrations ORDER BY version").fetchall()
-    assert migrate(db_url) == []
+    assert migrate(db_url) == [] and migrate(db_url, storage) == []
     after = conn.execute("SELECT version, applied_at FROM schema_migrations ORDER BY version").fetchall()
     assert before == after
-    shipped = {m.version for m in available_migrations() if m.variant in (None, "native")}
+    shipped = {m.version for m in available_migrations() if m.variant in (None, storage)}
     assert {r["version"] for r in after} == shipped
+    assert storage_of(conn) == storage
 
 
+@pytest.fixture
+def fresh_url(stack_info: StackInfo) -> Iterator[str]:
+    """An empty database (no migration yet)."""
+    dbname = f"t_fresh_{secrets.token_hex(3)}"
+    with psycopg.connect(stack_info.database_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{dbname}"'.encode())
+    yield database_url_for(stack_info, dbname)
+    with psycopg.connect(stack_info.database_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'.encode())
+
+
+def test_native_storage_never_creates_the_extension(fresh_url: str) -> None:
+    migrate(fresh_url, "native")
+    with psycopg.connect(fresh_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+        assert storage_of(conn) == "native"
+        assert conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() is None
+
+
+def test_timescale_storage_is_created_or_refused_clearly(fresh_url: str) -> None:
+    if "timescale" in installed_storages():
+        migrate(fresh_url, "timescale")
+        with psycopg.connect(fresh_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+            assert storage_of(conn) == "timescale"
+    else:
+        with pytest.raises(ConfigError, match="no timescaledb extension installed"):
+            migrate(fresh_url, "timescale")
+
+
+@pytest.mark.storage("native")
+def test_a_migrated_database_keeps_its_storage(db_url: str) -> None:
+    with pytest.raises(ConfigError, match="migrated with native storage"):
+        migrate(db_url, "timescale")
+
+
+@pytest.mark.storage("native")
 def test_plain_postgres_gets_native_partitioning(conn: Conn) -> None:
     assert storage_of(conn) == "native"
     row = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'readings'").fetchone()
     assert row is not None and row["relkind"] == "p"  # partitioned table
 
 
+@both
 def test_pw_bucket_matches_date_bin_origin(conn: Conn) -> None:
     row = conn.execute(
         "SELECT pw_bucket(INTERVAL '15 minutes', timestamptz '2026-11-22 03:07:59+00') AS b"
@@ -44,6 +86,7 @@ def _insert(conn: Conn, ts: datetime, value: float) -> None:
     )
 
 
+@pytest.mark.storage("native")
 def test_partitions_are_created_ahead_and_dropped_by_retention(conn: Conn) -> None:
     first = maintain(conn, retention_days=30, now=datetime(2026, 1, 10, 12, tzinfo=UTC))
     assert "readings_p20260103" in first.created and "readings_p20260117" in first.created
@@ -67,29 +110,24 @@ def test_partitions_are_created_ahead_and_dropped_by_retention(conn: Conn) -> No
     assert all(name >= "readings_p20260222" for name in list_partitions(conn, "readings"))
 
 
-@pytest.mark.timescale
-@pytest.mark.skipif(
-    not os.environ.get("PULSEWIRE_TEST_TIMESCALE_URL"),
-    reason="TimescaleDB path: set PULSEWIRE_TEST_TIMESCALE_URL to a server with timescaledb",
-)
-def test_timescale_path_uses_hypertables_and_policies() -> None:
-    url = os.environ["PULSEWIRE_TEST_TIMESCALE_URL"]
-    migrate(url)
-    with connect(url, autocommit=True) as conn:
-        assert storage_of(conn) == "timescale"
-        tables = {
-            r["hypertable_name"]
-            for r in conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables")
-        }
-        assert {"readings", "events"} <= tables
-        jobs = {r["proc_name"] for r in conn.execute("SELECT proc_name FROM timescaledb_information.jobs")}
-        assert {"policy_compression", "policy_retention", "policy_refresh_continuous_aggregate"} <= jobs
-        row = conn.execute(
-            "SELECT pw_bucket(INTERVAL '15 minutes', timestamptz '2026-11-22 03:07:59+00') AS b"
-        ).fetchone()
-        assert row is not None and row["b"] == datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
+@pytest.mark.storage("timescale")
+def test_timescale_path_uses_hypertables_and_policies(conn: Conn) -> None:
+    assert storage_of(conn) == "timescale"
+    tables = {
+        r["hypertable_name"]
+        for r in conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables")
+    }
+    assert {"readings", "events"} <= tables
+    jobs = {r["proc_name"] for r in conn.execute("SELECT proc_name FROM timescaledb_information.jobs")}
+    assert {"policy_compression", "policy_retention", "policy_refresh_continuous_aggregate"} <= jobs
+    row = conn.execute(
+        "SELECT materialized_only FROM timescaledb_information.continuous_aggregates"
+        " WHERE view_name = 'readings_1h'"
+    ).fetchone()
+    assert row is not None and row["materialized_only"] is False  # real-time aggregation
 
 
+@both
 def test_quarantine_copies_already_stored_fold_into_their_first_row(db_url: str, conn: Conn) -> None:
     """0035 on a database that quarantined a redelivered message twice: one waiting row, two copies."""
     conn.execute("DROP INDEX quarantine_pending_message")
