@@ -1,13 +1,19 @@
-"""Demo data for `pulsewire up`: orgs, owners and one login per role, created once."""
+"""Demo data for `pulsewire up --demo`: orgs, owners and one login per role, created once.
+
+The logins share a published password, so they go only into the private local stack's own
+database: `require_private_database` refuses any other before anything is written.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 
 from pulsewire import registry
+from pulsewire.errors import ConfigError
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -37,6 +43,30 @@ DEMO_LOGINS = (
     DemoLogin("driver@demo.pulsewire", "owner", "Dan's own car and messages"),
     DemoLogin("admin@demo.pulsewire", "admin", "everything, plus the quarantine"),
 )
+
+
+def require_private_database(database_url: str | None, stack_database_url: str | None) -> None:
+    """ConfigError unless the demo would write into the local stack's own database.
+
+    `database_url` is PULSEWIRE_DATABASE_URL (None: the local stack's); `stack_database_url` is the
+    local stack's, or None when there is no stack yet.
+    """
+    if database_url is None or database_url == stack_database_url:
+        return
+    raise ConfigError(
+        f"refusing to seed the demo logins ({DEMO_LOGINS[-1].email} and the others, password "
+        f"{DEMO_PASSWORD!r}) into {_where(database_url)}: PULSEWIRE_DATABASE_URL names a database other "
+        "than the private local stack's, and anyone who has read the README could sign in to it. "
+        "Unset PULSEWIRE_DATABASE_URL to run the demo on the local stack, or run `pulsewire up` "
+        "without --demo and add users with `pulsewire users add`."
+    )
+
+
+def _where(url: str) -> str:
+    # Host, port and database only: the URL's password does not belong in a message.
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.hostname or 'localhost'}{port}{parts.path or ''}"
 
 
 def org_id(conn: Conn, name: str, kind: str) -> int:

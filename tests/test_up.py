@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 
@@ -24,19 +25,24 @@ def test_up_runs_everything_and_ctrl_c_stops_it() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSEWIRE_")}
     env.update(PULSEWIRE_STATE_DIR=str(state_dir), PULSEWIRE_API_PORT=str(port))
     log = (state_dir / "up.log").open("wb")
+    ca = str(state_dir / "pki" / "ca.crt")
     up = subprocess.Popen(
-        [sys.executable, "-m", "pulsewire", "up", "--simulate", "2"],
+        [sys.executable, "-m", "pulsewire", "up", "--demo", "--simulate", "2"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
         wait_for(
-            lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200,
+            lambda: (
+                httpx.get(f"https://127.0.0.1:{port}/healthz", timeout=2, verify=trusting(ca)).status_code
+                == 200
+            ),
             90,
-            "the dashboard",
+            "the dashboard over HTTPS, with a certificate of the stack's CA",
             interval_s=0.5,
-            ignoring=(httpx.TransportError,),  # refused or reset while it starts
+            # refused or reset while it starts; no CA file before the stack is up
+            ignoring=(httpx.TransportError, OSError),
         )
         info = Stack(state_dir).status()
         assert info is not None and info.running
@@ -48,7 +54,7 @@ def test_up_runs_everything_and_ctrl_c_stops_it() -> None:
 
         wait_for(readings_stored, 90, "simulated readings to be stored", interval_s=0.5)
         banner = (state_dir / "up.log").read_text()
-        assert f"http://127.0.0.1:{port}/" in banner and "clinician@demo.pulsewire" in banner
+        assert f"https://127.0.0.1:{port}/" in banner and "clinician@demo.pulsewire" in banner
 
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=40) == 0
@@ -61,3 +67,8 @@ def test_up_runs_everything_and_ctrl_c_stops_it() -> None:
         Stack(state_dir).down()
         log.close()
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def trusting(ca_file: str) -> ssl.SSLContext:
+    """A client context that trusts `ca_file` (OSError while it does not exist yet)."""
+    return ssl.create_default_context(cafile=ca_file)
