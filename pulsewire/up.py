@@ -57,7 +57,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     started_stack = before is None or not before.running
     info = stack.up()
     database_url = settings.database_url or info.database_url
-    migrate(database_url)
+    migrate(database_url, settings.storage)
     with connect(database_url, autocommit=True) as conn:
         maintain(conn, retention_days=settings.retention_days)
         logins = demo.seed(conn) if args.demo else ()
