@@ -313,8 +313,9 @@ def _store_quarantine(conn: Conn, bad: list[Quarantined], keep: int, out: BatchO
     """Quarantine rows: the first `keep` bytes of each payload, with the whole's size and SHA-256.
 
     A message already waiting in the quarantine (the broker delivered it again) adds a copy to its
-    row instead of a second row; copies within the batch are folded first, in key order, so two
-    workers folding the same messages lock their rows in the same order.
+    row instead of a second row; copies within the batch are folded first. Rows keep the batch's
+    order. Two workers adding copies of the same rows in opposite orders can deadlock; PostgreSQL
+    then aborts one, and its batch is retried like any other transient failure.
     """
     if not bad:
         return
@@ -324,7 +325,7 @@ def _store_quarantine(conn: Conn, bad: list[Quarantined], keep: int, out: BatchO
         first, copies = rows.get(key, (q, 0))
         rows[key] = (first, copies + 1)
         out.quarantined[q.reason.value] += 1
-    keys = sorted(rows)
+    keys = list(rows)  # first appearance: a dict keeps insertion order
     firsts = [rows[k][0] for k in keys]
     conn.execute(
         _QUARANTINE,
