@@ -1,6 +1,6 @@
 """Test session: a private Mosquitto and PostgreSQL started by the session itself (fix_stack), a fresh
 migrated database per test module (fix_db), API users and servers (fix_api), headless Chromium
-(fix_browser) and simulated devices (fix_simulator)."""
+(fix_browser), simulated devices (fix_simulator) and the default rules (fix_relay)."""
 
 import os
 
@@ -17,4 +17,5 @@ pytest_plugins = [
     "tests.fix_api",
     "tests.fix_browser",
     "tests.fix_simulator",
+    "tests.fix_relay",
 ]

@@ -10,7 +10,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,22 @@ def event(device_id: str, seq: int, type_: str, data: dict[str, Any] | None = No
 def status(device_id: str, state: str, ts: datetime) -> Message:
     body = {"schema": "pulsewire.status/1", "device_id": device_id, "state": state, "ts": iso(ts)}
     return topics.status(device_id), json.dumps(body).encode()
+
+
+@contextmanager
+def running_ingest(settings: Settings, name: str, **overrides: Any) -> Iterator[IngestService]:
+    """An in-process ingest worker for the block: a fresh client id and share group, 20 ms batches
+    (unless `overrides` say otherwise), subscribed before the block starts, stopped after it."""
+    tuned = settings.model_copy(update={"flush_interval_ms": 20, **overrides})
+    service = IngestService(
+        tuned, client_id=f"t-{name}-{secrets.token_hex(3)}", share_group=secrets.token_hex(4)
+    )
+    service.start()
+    try:
+        assert service.wait_subscribed(15), "ingest never subscribed"
+        yield service
+    finally:
+        service.stop()
 
 
 class Publisher:

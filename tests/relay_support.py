@@ -10,17 +10,24 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psycopg
+from aiosmtpd.controller import Controller
 from psycopg.types.json import Jsonb
 
 from pulsewire.db import connect
 from pulsewire.wire import queue_evaluation
 from relay.engine import EngineConfig, evaluate_pending
 from schemas.catalogue import CLINICAL_EVENTS, is_clinical_metric
-from tests.helpers import wait_for  # noqa: F401 (re-exported: the relay tests import it from here)
+from tests.helpers import (
+    free_port,
+    serving,
+    wait_for,  # noqa: F401 (re-exported: the relay tests import it from here)
+)
 
 Conn = psycopg.Connection[dict[str, Any]]
 _seq = itertools.count(1)
@@ -133,10 +140,32 @@ def webhook_receiver(script: Sequence[int] = (), delay_s: float = 0.0) -> Iterat
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield receiver
+
+
+@dataclass
+class SmtpInbox:
+    """What a real SMTP server on 127.0.0.1 received: (recipients, parsed message) per e-mail."""
+
+    url: str = ""
+    messages: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = message_from_bytes(envelope.content, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        self.messages.append((list(envelope.rcpt_tos), message))
+        return "250 OK"
+
+
+@contextmanager
+def smtp_inbox() -> Iterator[SmtpInbox]:
+    """An SMTP server (aiosmtpd) on a free loopback port for the block; `inbox.url` is its smtp:// URL."""
+    port = free_port()
+    inbox = SmtpInbox(url=f"smtp://127.0.0.1:{port}")
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox
     finally:
-        server.shutdown()
-        server.server_close()
+        controller.stop()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,15 +28,10 @@ from pulsewire.settings import Settings
 from pulsewire.stack import Stack, StackInfo
 from tests.fix_api import ApiServer, Users, assert_error, client
 from tests.fix_db import World
+from tests.helpers import free_port
 
 PASSWORD = "victim-secret-pw"
 NOT_AUTHORIZED = 0x87  # Mosquitto 2.0's CONNACK for an unknown user or a wrong password
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -308,11 +303,18 @@ def _assert_tells_nothing(response: httpx.Response, *urls: str) -> None:
         assert secret not in response.text, f"{secret!r} leaked in {response.text}"
 
 
+@contextmanager
+def _unreachable(settings: Settings, setting: str, url: str) -> Iterator[tuple[ApiServer, str]]:
+    """The dashboard with `setting` pointing at `url`, where nothing listens."""
+    with ApiServer(settings.model_copy(update={setting: url})) as server:
+        yield server, url
+
+
 @pytest.fixture
 def unreachable_db(settings: Settings, users: Users) -> Iterator[tuple[ApiServer, str]]:
-    url = f"postgresql://pw_admin_user:hunter2-db-secret@127.0.0.1:{_free_port()}/pulsewire_prod"
-    with ApiServer(settings.model_copy(update={"database_url": url})) as server:
-        yield server, url
+    url = f"postgresql://pw_admin_user:hunter2-db-secret@127.0.0.1:{free_port()}/pulsewire_prod"
+    with _unreachable(settings, "database_url", url) as served:
+        yield served
 
 
 def test_readyz_and_503s_name_the_database_without_its_address(
@@ -331,9 +333,9 @@ def test_readyz_and_503s_name_the_database_without_its_address(
 
 @pytest.fixture
 def unreachable_broker(settings: Settings, users: Users) -> Iterator[tuple[ApiServer, str]]:
-    url = f"mqtt://pw_broker_user:hunter2-mqtt-secret@127.0.0.1:{_free_port()}"
-    with ApiServer(settings.model_copy(update={"mqtt_url": url})) as server:
-        yield server, url
+    url = f"mqtt://pw_broker_user:hunter2-mqtt-secret@127.0.0.1:{free_port()}"
+    with _unreachable(settings, "mqtt_url", url) as served:
+        yield served
 
 
 def test_readyz_and_503s_name_the_broker_without_its_address(

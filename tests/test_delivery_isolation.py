@@ -12,25 +12,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email import message_from_bytes, policy
 from functools import partial
 from typing import Any
 
 import psycopg
 import pytest
-from aiosmtpd.controller import Controller
 
-from pulsewire.db import connect
 from pulsewire.settings import Settings
 from relay import store
 from relay.channels import Channels, Delivery
 from relay.deliver import RetryPolicy
 from relay.egress import EgressPolicy
-from relay.rules import seed_defaults
 from relay.service import RelayConfig, RelayWorker
 from tests.fix_api import ApiServer, Users, assert_error, client
 from tests.fix_db import World
-from tests.relay_support import commit_batch, evaluate, wait_for, webhook_receiver
+from tests.relay_support import commit_batch, evaluate, smtp_inbox, wait_for, webhook_receiver
 
 Conn = psycopg.Connection[dict[str, Any]]
 DEV = EgressPolicy(allow_private=True)
@@ -38,10 +34,7 @@ STRICT = EgressPolicy(allow_private=False)
 FAST_RETRY = RetryPolicy(max_attempts=3, base_s=0.05, cap_s=0.1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def seeded(db_url: str) -> None:
-    with connect(db_url, autocommit=True) as c:
-        seed_defaults(c)
+pytestmark = pytest.mark.usefixtures("default_rules")
 
 
 @contextmanager
@@ -390,15 +383,6 @@ def test_one_orgs_backlog_does_not_delay_another_orgs_first_attempt(
     assert untried is not None and untried["n"] > 2000, untried
 
 
-class _Inbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], Any]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content, policy=policy.default)))
-        return "250 OK"
-
-
 def test_rule_names_with_line_breaks_do_not_break_email(conn: Conn, world: World, settings: Settings) -> None:
     world.add_device("icd-header")
     conn.execute(
@@ -408,22 +392,9 @@ def test_rule_names_with_line_breaks_do_not_break_email(conn: Conn, world: World
                    '{"event_type": "device_reset"}', 'red', 'technical')""",
         ("Reset\r\nBcc: thief@evil.example\r\n\r\nforged body", world.clinic_id),
     )
-    inbox = _Inbox()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        store.set_contacts(conn, world.clinic_id, ["oncall@clinic.example"])
-        with relay(settings, smtp_url=f"smtp://127.0.0.1:{port}"):
-            _alert(conn, "icd-header")
-            wait_for(
-                lambda: len(inbox.messages) >= 2, what="two e-mails (the default rule and the hostile one)"
-            )
-    finally:
-        store.set_contacts(conn, world.clinic_id, [])
-        controller.stop()
+    with smtp_inbox() as inbox, contacts(conn, world.clinic_id), relay(settings, smtp_url=inbox.url):
+        _alert(conn, "icd-header")
+        wait_for(lambda: len(inbox.messages) >= 2, what="two e-mails (the default rule and the hostile one)")
     for rcpt, msg in inbox.messages:
         assert rcpt == ["oncall@clinic.example"]
         assert msg["Bcc"] is None
@@ -453,23 +424,22 @@ def test_an_email_row_that_cannot_be_built_fails_alone(conn: Conn, world: World,
         (rows[1]["delivery_id"],),
     )
     bad, good = (int(r["delivery_id"]) for r in rows)
-    inbox = _Inbox()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        store.set_contacts(conn, world.clinic_id, ["oncall@clinic.example"])
-        with relay(settings, smtp_url=f"smtp://127.0.0.1:{port}"):
-            wait_for(lambda: _state(conn, bad)["state"] == "dead", what="the bad row dead")
-            wait_for(lambda: _state(conn, good)["state"] == "delivered", what="the good row delivered")
-    finally:
-        store.set_contacts(conn, world.clinic_id, [])
-        controller.stop()
+    with smtp_inbox() as inbox, contacts(conn, world.clinic_id), relay(settings, smtp_url=inbox.url):
+        wait_for(lambda: _state(conn, bad)["state"] == "dead", what="the bad row dead")
+        wait_for(lambda: _state(conn, good)["state"] == "delivered", what="the good row delivered")
     assert len(inbox.messages) == 1
     row = _state(conn, bad)
     assert row["attempts"] == FAST_RETRY.max_attempts and row["last_error"].startswith("JSONDecodeError"), row
+
+
+@contextmanager
+def contacts(conn: Conn, org_id: int) -> Iterator[None]:
+    """The org's on-call address for the block, none after it."""
+    store.set_contacts(conn, org_id, ["oncall@clinic.example"])
+    try:
+        yield
+    finally:
+        store.set_contacts(conn, org_id, [])
 
 
 def _state(conn: Conn, delivery_id: int) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import ipaddress
 import json
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,8 +17,9 @@ from typing import Any
 import pytest
 
 from relay import egress
-from relay.channels import Channels, Delivery
+from relay.channels import Channels, Delivery, Outcome
 from relay.egress import EgressPolicy, EgressRefused
+from tests.helpers import serving
 
 STRICT = EgressPolicy(allow_private=False)
 DEV = EgressPolicy(allow_private=True)
@@ -186,13 +186,8 @@ def _tls_receiver(directory: Path, cert_name: str, url_name: str) -> Iterator[_T
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
     server.url = f"https://{url_name}:{httpd.server_address[1]}/hook"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(httpd):
         yield server
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def _delivery(url: str) -> Delivery:
@@ -204,17 +199,23 @@ def _loopback_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(egress, "_lookup", lambda host, port: [ipaddress.ip_address("127.0.0.1")])
 
 
+def _send_over_tls(directory: Path, cert_name: str) -> tuple[Outcome, _TlsServer]:
+    """One webhook attempt to https://hooks.pulsewire.test (resolved to 127.0.0.1), whose server
+    presents a certificate for `cert_name` from a CA the attempt trusts."""
+    with _tls_receiver(directory, cert_name, "hooks.pulsewire.test") as server:
+        trust = ssl.create_default_context(cafile=str(directory / "ca.pem"))
+        channels = Channels(None, None, "relay@test", timeout_s=10, egress_policy=DEV, verify=trust)
+        try:
+            return channels.send(_delivery(server.url)), server
+        finally:
+            channels.close()
+
+
 def test_https_attempt_uses_the_host_name_for_sni_and_certificate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _loopback_resolver(monkeypatch)
-    with _tls_receiver(tmp_path, "hooks.pulsewire.test", "hooks.pulsewire.test") as server:
-        trust = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
-        channels = Channels(None, None, "relay@test", timeout_s=10, egress_policy=DEV, verify=trust)
-        try:
-            outcome = channels.send(_delivery(server.url))
-        finally:
-            channels.close()
+    outcome, server = _send_over_tls(tmp_path, "hooks.pulsewire.test")
     assert outcome.ok and outcome.status_code == 204, outcome
     port = server.url.split(":")[2].split("/")[0]
     assert server.requests == [(f"hooks.pulsewire.test:{port}", "hooks.pulsewire.test")]
@@ -224,13 +225,7 @@ def test_https_attempt_refuses_a_certificate_for_another_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _loopback_resolver(monkeypatch)
-    with _tls_receiver(tmp_path, "other.pulsewire.test", "hooks.pulsewire.test") as server:
-        trust = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
-        channels = Channels(None, None, "relay@test", timeout_s=10, egress_policy=DEV, verify=trust)
-        try:
-            outcome = channels.send(_delivery(server.url))
-        finally:
-            channels.close()
+    outcome, server = _send_over_tls(tmp_path, "other.pulsewire.test")
     assert not outcome.ok and outcome.error is not None
     assert "CERTIFICATE_VERIFY_FAILED" in outcome.error and "\n" not in outcome.error
     assert server.requests == []

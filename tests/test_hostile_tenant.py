@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import secrets
 import socket
 import threading
 import time
@@ -28,16 +27,14 @@ import pytest
 
 from devices.simulator.runner import DeviceLogin, run_scenario
 from devices.simulator.scenarios import load
-from ingest import IngestService
 from pulsewire import registry
 from pulsewire.db import connect
 from pulsewire.settings import Settings
 from relay.deliver import RetryPolicy
-from relay.rules import seed_defaults
 from relay.service import RelayConfig, RelayWorker
 from tests.fix_api import ApiServer, Users, client, make_users
 from tests.fix_db import World
-from tests.ingest_support import Publisher, event
+from tests.ingest_support import Publisher, event, running_ingest
 from tests.relay_support import Receiver, wait_for, webhook_receiver
 
 pytestmark = pytest.mark.slow
@@ -51,33 +48,19 @@ SSE_STREAMS = 200
 
 
 @pytest.fixture(scope="module")
-def services(settings: Settings, db_url: str) -> Iterator[ApiServer]:
+def services(settings: Settings, db_url: str, default_rules: None) -> Iterator[ApiServer]:
     """Ingest, a relay worker and the dashboard, all running; private webhook targets allowed (loopback)."""
-    with connect(db_url, autocommit=True) as c:
-        seed_defaults(c)
-    live = settings.model_copy(
-        update={"flush_interval_ms": 20, "webhook_allow_private": True, "device_burst_msgs": BURST}
-    )
-    ingest = IngestService(
-        live, client_id=f"t-hostile-{secrets.token_hex(3)}", share_group=secrets.token_hex(4)
-    )
-    ingest.start()
-    assert ingest.wait_subscribed(15), "ingest never subscribed"
-    relay = RelayWorker(
-        RelayConfig(
-            database_url=db_url,
-            mqtt=settings.mqtt(),
-            poll_s=0.1,
-            tick_s=3600,
-            retry=RetryPolicy(base_s=0.2),
-            webhook_timeout_s=2.0,
-        )
-    )
-    relay.start()
-    with ApiServer(live) as server:
-        yield server
-    relay.stop()
-    ingest.stop()
+    live = {"webhook_allow_private": True, "device_burst_msgs": BURST}
+    config = RelayConfig(database_url=db_url, mqtt=settings.mqtt(), poll_s=0.1, tick_s=3600,
+                         retry=RetryPolicy(base_s=0.2), webhook_timeout_s=2.0)  # fmt: skip
+    with running_ingest(settings, "hostile", **live) as ingest:
+        relay = RelayWorker(config)
+        relay.start()
+        try:
+            with ApiServer(ingest.settings) as server:
+                yield server
+        finally:
+            relay.stop()
 
 
 class Tenant:
@@ -204,7 +187,7 @@ def _rules(api: httpx.Client, answers: Answers, conn_url: str, org_id: int) -> N
 
 def _flood(settings: Settings) -> None:
     device = HOSTILE_DEVICES[0]
-    publisher = Publisher(settings.mqtt().devices or settings.mqtt(), device, HOSTILE_PASSWORD)
+    publisher = Publisher(settings.mqtt(), device, HOSTILE_PASSWORD)
     try:
         now = datetime.now(UTC)
         publisher.publish_all(
@@ -278,7 +261,7 @@ class Background:
 
 def _probe_red_alert(settings: Settings, device: str, password: str, receiver: Receiver) -> float:
     """Publish a device reset (a red alert) and return seconds until B's webhook got it."""
-    publisher = Publisher(settings.mqtt().devices or settings.mqtt(), device, password)
+    publisher = Publisher(settings.mqtt(), device, password)
     try:
         sent = time.perf_counter()
         publisher.publish_all([event(device, 1, "device_reset", {"reason": "watchdog"})])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import secrets
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -19,19 +18,15 @@ from pulsewire.settings import Settings
 from pulsewire.stack import StackInfo
 from schemas import topics
 from tests.fix_db import World
-from tests.ingest_support import Message, Publisher, event, iso, status, telemetry, wait_for
+from tests.ingest_support import Message, Publisher, event, iso, running_ingest, status, telemetry, wait_for
 
 Conn = psycopg.Connection[dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
 def service(settings: Settings) -> Iterator[IngestService]:
-    fast = settings.model_copy(update={"flush_interval_ms": 20})
-    svc = IngestService(fast, client_id=f"t-ingest-{secrets.token_hex(3)}", share_group=secrets.token_hex(4))
-    svc.start()
-    assert svc.wait_subscribed(15), "ingest never subscribed"
-    yield svc
-    svc.stop()
+    with running_ingest(settings, "ingest") as svc:
+        yield svc
 
 
 @pytest.fixture(scope="module")

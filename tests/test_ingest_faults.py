@@ -29,6 +29,7 @@ from tests.ingest_support import (
     Committed,
     Publisher,
     in_process_statuses,
+    running_ingest,
     scraped_statuses,
     settle,
     start_ingest_process,
@@ -103,12 +104,8 @@ def wait_landed(conn: Conn, device_id: str, messages: int) -> None:
 
 @pytest.fixture
 def in_process(settings: Settings) -> Iterator[IngestService]:
-    fast = settings.model_copy(update={"flush_interval_ms": 20})
-    svc = IngestService(fast, client_id=f"t-fault-{secrets.token_hex(3)}", share_group=secrets.token_hex(4))
-    svc.start()
-    assert svc.wait_subscribed(15)
-    yield svc
-    svc.stop()
+    with running_ingest(settings, "fault") as svc:
+        yield svc
 
 
 def stop(proc: subprocess.Popen[bytes]) -> int:

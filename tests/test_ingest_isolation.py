@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +32,7 @@ from pulsewire.storage import maintain
 from schemas.payloads import EventPayload, TelemetryPayload
 from tests.fix_api import assert_error
 from tests.fix_db import World
-from tests.ingest_support import Message, Publisher, event, telemetry, wait_for
+from tests.ingest_support import Message, Publisher, event, running_ingest, telemetry, wait_for
 
 Conn = psycopg.Connection[dict[str, Any]]
 NOW = datetime(2026, 11, 23, 9, tzinfo=UTC)
@@ -180,15 +179,9 @@ def _count(conn: Conn, query: str, *params: Any) -> int:
 
 @pytest.fixture(scope="module")
 def service(settings: Settings) -> Iterator[IngestService]:
-    tight = settings.model_copy(
-        update={"flush_interval_ms": 20, "device_rate_msgs_per_s": 1.0, "device_burst_msgs": BURST,
-                "quarantine_payload_max_bytes": KEEP}
-    )  # fmt: skip
-    svc = IngestService(tight, client_id=f"t-iso-{secrets.token_hex(3)}", share_group=secrets.token_hex(4))
-    svc.start()
-    assert svc.wait_subscribed(15), "ingest never subscribed"
-    yield svc
-    svc.stop()
+    tight = {"device_rate_msgs_per_s": 1.0, "device_burst_msgs": BURST, "quarantine_payload_max_bytes": KEEP}
+    with running_ingest(settings, "iso", **tight) as svc:
+        yield svc
 
 
 @pytest.fixture(scope="module")

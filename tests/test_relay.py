@@ -22,10 +22,7 @@ Conn = psycopg.Connection[dict[str, Any]]
 CFG = EngineConfig()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def seeded(db_url: str) -> None:
-    with connect(db_url, autocommit=True) as c:
-        seed_defaults(c)
+pytestmark = pytest.mark.usefixtures("default_rules")
 
 
 def _now() -> datetime:
@@ -108,7 +105,9 @@ def test_clinical_alert_goes_to_provider_only(conn: Conn, world: World, db_url: 
         "clinical",
     )
     assert {o["audience"] for o in _outbox(conn, alert["alert_id"])} == {"provider"}
-    assert store.list_alerts(conn, store.Viewer("vendor", world.implant_vendor_id), device_id="icd-shock") == []
+    assert (
+        store.list_alerts(conn, store.Viewer("vendor", world.implant_vendor_id), device_id="icd-shock") == []
+    )
     with pytest.raises(store.NotFound):
         store.get_alert(conn, store.Viewer("vendor", world.implant_vendor_id), alert["alert_id"])
 
@@ -263,7 +262,8 @@ def test_store_ack_resolve_history_and_tenancy(conn: Conn, world: World, db_url:
         ("resolved", f"user:{user['user_id']}"),
     ]
     assert [
-        a["alert_id"] for a in store.list_alerts(conn, store.Viewer("provider", world.garage_id), device_id="veh-store")
+        a["alert_id"]
+        for a in store.list_alerts(conn, store.Viewer("provider", world.garage_id), device_id="veh-store")
     ] == [aid]
 
 

@@ -7,31 +7,27 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from email import message_from_bytes
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from aiosmtpd.controller import Controller
 from paho.mqtt.enums import CallbackAPIVersion
 
 from pulsewire.db import connect
 from pulsewire.settings import Settings
 from relay import sse, store
 from relay.deliver import RetryPolicy
-from relay.rules import seed_defaults
 from relay.service import RelayConfig, RelayWorker
 from relay.signing import verify
 from schemas import topics
 from tests.fix_db import World
-from tests.relay_support import assert_vendor_safe, commit_batch, wait_for, webhook_receiver
+from tests.relay_support import assert_vendor_safe, commit_batch, smtp_inbox, wait_for, webhook_receiver
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -44,10 +40,7 @@ def _config(settings: Settings, **kw: Any) -> RelayConfig:
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def seeded(db_url: str) -> None:
-    with connect(db_url, autocommit=True) as c:
-        seed_defaults(c)
+pytestmark = pytest.mark.usefixtures("default_rules")
 
 
 @pytest.fixture
@@ -237,26 +230,11 @@ def _in_flight(conn: Conn) -> bool:
     return len(total) > len(free)
 
 
-class _Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
-        return "250 OK"
-
-
 def test_email_over_a_real_smtp_server(conn: Conn, world: World, settings: Settings) -> None:
     world.add_device("icd-mail")
-    inbox = _Inbox()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
+    with smtp_inbox() as inbox:
         store.set_contacts(conn, world.clinic_id, ["oncall@clinic.example"])
-        w = RelayWorker(_config(settings, smtp_url=f"smtp://127.0.0.1:{port}"))
+        w = RelayWorker(_config(settings, smtp_url=inbox.url))
         w.start()
         try:
             commit_batch(conn, "icd-mail", events=[(datetime.now(UTC), "integrity_fault", {})])
@@ -264,8 +242,6 @@ def test_email_over_a_real_smtp_server(conn: Conn, world: World, settings: Setti
         finally:
             w.stop()
             store.set_contacts(conn, world.clinic_id, [])
-    finally:
-        controller.stop()
     [(rcpt, msg)] = inbox.messages
     assert rcpt == ["oncall@clinic.example"]
     assert msg["Subject"].startswith("[Pulsewire RED] Device integrity fault")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,15 +13,13 @@ import pytest
 
 from devices.simulator.runner import DeviceLogin, run_scenario
 from devices.simulator.scenarios import available, load
-from ingest import IngestService
-from pulsewire.db import connect
 from pulsewire.settings import Settings
 from relay.deliver import RetryPolicy
 from relay.engine import EngineConfig
-from relay.rules import seed_defaults
 from relay.service import RelayConfig, RelayWorker
 from relay.tick import check_silences
 from tests.fix_db import World
+from tests.ingest_support import running_ingest
 from tests.relay_support import assert_vendor_safe, wait_for
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -30,25 +27,18 @@ SPEEDUP = 4  # scenarios run 4x faster than their own time_scale; event time is 
 
 
 @pytest.fixture(scope="module")
-def pipeline(settings: Settings, db_url: str) -> Iterator[None]:
-    with connect(db_url, autocommit=True) as c:
-        seed_defaults(c)
-    fast = settings.model_copy(update={"flush_interval_ms": 20})
-    ingest = IngestService(
-        fast, client_id=f"t-relay-ingest-{secrets.token_hex(3)}", share_group=secrets.token_hex(4)
-    )
-    ingest.start()
-    assert ingest.wait_subscribed(15), "ingest never subscribed"
+def pipeline(settings: Settings, db_url: str, default_rules: None) -> Iterator[None]:
     # The clock tick is driven by the test (after the backlog is in), so it never runs mid-upload.
-    relay = RelayWorker(
-        RelayConfig(
-            database_url=db_url, mqtt=settings.mqtt(), poll_s=0.1, tick_s=3600, retry=RetryPolicy(base_s=0.05)
-        )
+    config = RelayConfig(
+        database_url=db_url, mqtt=settings.mqtt(), poll_s=0.1, tick_s=3600, retry=RetryPolicy(base_s=0.05)
     )
-    relay.start()
-    yield
-    relay.stop()
-    ingest.stop()
+    with running_ingest(settings, "relay-ingest"):
+        relay = RelayWorker(config)
+        relay.start()
+        try:
+            yield
+        finally:
+            relay.stop()
 
 
 def _count(conn: Conn, query: str, *params: Any) -> int:

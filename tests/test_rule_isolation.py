@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 
 from pulsewire.db import connect
 from relay.engine import EngineConfig, evaluate_pending, pending_devices
-from relay.rules import RuleError, derived_class, seed_defaults, validate
+from relay.rules import RuleError, derived_class, validate
 from relay.tick import check_silences
 from relay.views import technical_values
 from tests.fix_api import ApiServer, Users, assert_error
@@ -31,10 +31,7 @@ CATASTROPHIC = "^(a+)+$"
 EVIL_INPUT = "a" * 20_000 + "!"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def seeded(db_url: str) -> None:
-    with connect(db_url, autocommit=True) as c:
-        seed_defaults(c)
+pytestmark = pytest.mark.usefixtures("default_rules")
 
 
 def _now() -> datetime:

@@ -14,9 +14,7 @@ import pytest
 from ingest.validate import validate
 from ingest.writer import BatchWriter
 from pulsewire import registry
-from pulsewire.db import connect
 from relay.engine import EngineConfig
-from relay.rules import seed_defaults
 from relay.tick import check_silences
 from schemas.payloads import QuarantineReason
 from tests.fix_db import World
@@ -28,10 +26,7 @@ CFG = EngineConfig()
 DAY = timedelta(days=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def seeded(db_url: str) -> None:
-    with connect(db_url, autocommit=True) as c:
-        seed_defaults(c)
+pytestmark = pytest.mark.usefixtures("default_rules")
 
 
 @pytest.fixture

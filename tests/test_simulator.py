@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import secrets
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from schemas.catalogue import EVENT_TYPES, metric_for
 from schemas.payloads import CommandReply
 from tests.fix_simulator import Simulator
 from tests.helpers import wait_for
-from tests.ingest_support import in_process_statuses, settle
+from tests.ingest_support import in_process_statuses, running_ingest, settle
 
 ALL = scenarios.available()
 REQUIRED = {
@@ -213,13 +212,8 @@ async def test_a_fleet_publishes_and_every_message_is_acknowledged(sim: Simulato
 
 @pytest.fixture(scope="module")
 def ingest_worker(settings: Settings) -> Iterator[IngestService]:
-    service = IngestService(
-        settings, client_id=f"test-sim-{secrets.token_hex(3)}", share_group=f"sim{secrets.token_hex(3)}"
-    )
-    service.start()
-    assert service.wait_subscribed(10)
-    yield service
-    service.stop()
+    with running_ingest(settings, "sim") as service:
+        yield service
 
 
 def stored(conn: psycopg.Connection[Any], run: ScenarioRun) -> tuple[Counter[Any], Counter[Any], list[str]]:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 import os
-import secrets
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from schemas import topics
 from schemas.catalogue import EVENT_TYPES, metric_for
 from tests.fix_simulator import Simulator
 from tests.helpers import wait_for
+from tests.ingest_support import running_ingest
 
 FLEET = [
     ("sim-icd-1", "implant"),
@@ -107,13 +107,8 @@ def test_incidents_cross_the_rules_and_the_rest_stay_clear() -> None:
 
 @pytest.fixture(scope="module")
 def ingest_worker(settings: Settings) -> Iterator[IngestService]:
-    service = IngestService(
-        settings, client_id=f"test-live-{secrets.token_hex(3)}", share_group=f"live{secrets.token_hex(3)}"
-    )
-    service.start()
-    assert service.wait_subscribed(10)
-    yield service
-    service.stop()
+    with running_ingest(settings, "live") as service:
+        yield service
 
 
 def retained_status(settings: Settings, device_id: str) -> dict[str, Any]:
