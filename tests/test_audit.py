@@ -11,13 +11,13 @@ import httpx
 import psycopg
 import pytest
 
-from pulsewire import audit
+from pulsewire import audit, registry
 from pulsewire.db import connect
 from pulsewire.stack import StackInfo
 from tests.fix_api import Users, assert_error
-from tests.fix_browser import LiveServer, WebPeople
+from tests.fix_browser import LiveServer, WebPeople, insert_alert
 from tests.fix_db import World
-from tests.web_support import client, csrf_of, signed_in
+from tests.web_support import client, csrf_of, signed_in, user_id_of
 
 
 def _insert_one(conn: psycopg.Connection[tuple[object, ...]]) -> None:
@@ -88,12 +88,8 @@ def test_page_api_readings_and_fhir_export_each_leave_an_entry(
         assert c.get(f"/devices/{web_people.implant}").status_code == 200
         assert c.get(f"/api/v1/devices/{web_people.implant}/readings").status_code == 200
         assert c.get(f"/api/v1/devices/{web_people.implant}/fhir").status_code == 200
-    with connect(db_url, autocommit=True) as conn:
-        clinician = conn.execute(
-            "SELECT user_id FROM users WHERE email = %s", (web_people.clinician,)
-        ).fetchone()
-    assert clinician is not None
-    entries = _entries(db_url, actor_user_id=clinician["user_id"], object_id=web_people.implant)
+    clinician = user_id_of(db_url, web_people.clinician)
+    entries = _entries(db_url, actor_user_id=clinician, object_id=web_people.implant)
     routes = {(e["action"], e["object_type"], str(dict(e["detail"]).get("route"))) for e in entries}  # type: ignore[call-overload]
     assert ("read", "device", "GET /devices/{device_id}") in routes
     assert ("read", "device", "GET /api/v1/devices/{device_id}/readings") in routes
@@ -102,7 +98,7 @@ def test_page_api_readings_and_fhir_export_each_leave_an_entry(
         assert e["actor_label"] == "Dr. Grace Hopper" and e["role"] == "provider_staff"
         assert e["org_id"] == world.clinic_id and e["owner_id"] == world.patient_id
         assert e["client_addr"] == "127.0.0.1" and e["credential"] == "session"
-    logins = _entries(db_url, actor_user_id=clinician["user_id"], action="login")
+    logins = _entries(db_url, actor_user_id=clinician, action="login")
     assert logins and logins[-1]["credential"] == "password"
 
 
@@ -139,3 +135,28 @@ def test_trail_by_patient_for_admins_and_the_patients_provider(
     assert clients["provider2"].get("/api/v1/audit", params=params).json()["items"] == []
     for role in ("vendor", "owner"):
         assert_error(clients[role].get("/api/v1/audit"), 403)
+
+
+def test_reading_alerts_on_the_page_and_the_api_leaves_an_entry(
+    live_server: LiveServer, web_people: WebPeople, world: World, db_url: str
+) -> None:
+    alert_id = insert_alert(db_url, web_people.implant, "audit_alert_read")
+    with signed_in(live_server, web_people.clinician) as c:
+        assert c.get("/alerts").status_code == 200
+        assert c.get(f"/alerts/{alert_id}/row").status_code == 200
+    clinician, vendor = (user_id_of(db_url, e) for e in (web_people.clinician, web_people.vendor))
+    with connect(db_url, autocommit=True) as conn:
+        tokens = [registry.issue_token(conn, user_id, "audit test") for user_id in (clinician, vendor)]
+    for token in tokens:
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=live_server.url, headers=headers, timeout=10) as api:
+            assert api.get("/api/v1/alerts").status_code == 200
+            assert api.get(f"/api/v1/alerts/{alert_id}").status_code == 200
+    mine = _entries(db_url, actor_user_id=clinician, action="read", owner_id=world.patient_id)
+    routes = {(e["object_type"], e["object_id"], dict(e["detail"])["route"]) for e in mine}  # type: ignore[call-overload]
+    assert ("alert_list", None, "GET /alerts") in routes
+    assert ("alert", str(alert_id), "GET /alerts/{alert_id}/row") in routes
+    assert ("alert_list", None, "GET /api/v1/alerts") in routes
+    assert ("alert", str(alert_id), "GET /api/v1/alerts/{alert_id}") in routes
+    # a vendor's alerts are technical and name no owner: nothing about the patient to record
+    assert _entries(db_url, actor_user_id=vendor, action="read", object_type="alert") == []

@@ -13,14 +13,7 @@ from pulsewire import registry
 from pulsewire.db import connect
 from tests.fix_browser import LiveServer, WebPeople
 from tests.fix_db import World
-from tests.web_support import add_admin, signed_in
-
-
-def _user_id(world: World, email: str) -> int:
-    with connect(world.db_url, autocommit=True) as c:
-        row = c.execute("SELECT user_id FROM users WHERE email = %s", (email,)).fetchone()
-    assert row is not None
-    return int(row["user_id"])
+from tests.web_support import add_admin, signed_in, user_id_of
 
 
 def _rows(html: str) -> list[dict[str, str]]:
@@ -45,7 +38,7 @@ def clinician_read(live_server: LiveServer, web_people: WebPeople) -> None:
 def test_an_admin_filters_by_patient_and_actor(
     live_server: LiveServer, web_people: WebPeople, world: World, admin: str, clinician_read: None
 ) -> None:
-    clinician = _user_id(world, web_people.clinician)
+    clinician = user_id_of(world.db_url, web_people.clinician)
     with signed_in(live_server, admin) as c:
         html = c.get("/audit", params={"owner_id": world.patient_id}).text
         assert f'href="/devices/{web_people.implant}"' in html and "GET /devices/{device_id}" in html
@@ -73,7 +66,7 @@ def test_the_page_lists_what_the_api_gives_the_same_viewer(
 ) -> None:
     email = {"admin": admin, "clinician": web_people.clinician, "mechanic": web_people.mechanic}[viewer]
     with connect(world.db_url, autocommit=True) as conn:
-        token = registry.issue_token(conn, _user_id(world, email), "audit page test")
+        token = registry.issue_token(conn, user_id_of(world.db_url, email), "audit page test")
     params = {"owner_id": world.patient_id}
     with signed_in(live_server, email) as c:
         page = [int(r["id"]) for r in _rows(c.get("/audit", params=params).text)]

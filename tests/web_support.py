@@ -2,7 +2,8 @@
 
 `client(live)` is an HTML client of a live server that does not follow redirects; `signed_in(live,
 email)` the same with a live session of `email` (every web user shares `PASSWORD`); `csrf_of(html)`
-the session's CSRF token in a page's forms; `add_admin(world)` an admin who can sign in.
+the session's CSRF token in a page's forms; `add_admin(world)` an admin who can sign in;
+`user_id_of(db_url, email)` a user's id.
 """
 
 from __future__ import annotations
@@ -48,3 +49,11 @@ def add_admin(world: World, email: str = "root@pulsewire.example") -> str:
     with connect(world.db_url, autocommit=True) as c:
         registry.add_user(c, email, role="admin", display_name="Rita Root", password=PASSWORD)
     return email
+
+
+def user_id_of(db_url: str, email: str) -> int:
+    """The id of the user who signs in as `email`."""
+    with connect(db_url, autocommit=True) as c:
+        row = c.execute("SELECT user_id FROM users WHERE email = %s", (email,)).fetchone()
+    assert row is not None, email
+    return int(row["user_id"])

@@ -16,14 +16,15 @@ from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter
 from starlette.background import BackgroundTask
 
-from dashboards import relay_bridge
+from dashboards import access, relay_bridge
 from dashboards.api import API_PREFIX
 from dashboards.api.common import BigId
 from dashboards.deps import Conn, Credential, CurrentPrincipal, still_valid
 from dashboards.errors import ErrorBody
 from dashboards.models_relay import AlertPage, AlertState, AlertView, Severity
-from dashboards.queries import alert_provider_org
+from dashboards.queries import alert_provider_org, sees_owner_data
 from dashboards.types import AConn, Principal
+from pulsewire import audit
 from pulsewire.errors import Forbidden, NotFound
 from relay import sse, store
 
@@ -56,6 +57,7 @@ async def list_alerts(
         limit=limit,
         before_id=before_id,
     )
+    await _record_read(conn, principal, "alert_list", None, views)
     next_before = int(views[-1]["alert_id"]) if len(views) == limit else None
     return AlertPage(
         items=[_views.validate_python(v) for v in views], limit=limit, next_before_id=next_before
@@ -143,7 +145,17 @@ async def get_alert(
     """One alert in the caller's view; the provider's carries its history."""
     viewer = relay_bridge.inbox_viewer(principal)
     view = await relay_bridge.call(request.app.state.sync_pool, store.get_alert, viewer, alert_id)
+    await _record_read(conn, principal, "alert", str(alert_id), [view])
     return _views.validate_python(view)
+
+
+async def _record_read(
+    conn: AConn, p: Principal, object_type: str, object_id: str | None, views: list[dict[str, Any]]
+) -> None:
+    # The provider's view (an admin's and an owner's too) names the owner; a vendor's has none.
+    if sees_owner_data(p):
+        owners = audit.owners_of(v["owner"] for v in views if v.get("owner"))
+        await access.record(conn, audit.READ, object_type, object_id, owner_ids=owners)
 
 
 async def _change(

@@ -81,12 +81,13 @@ async def list_alerts(
     alert_id: int | None = None,
     limit: int = 200,
 ) -> list[dict[str, Any]]:
-    """Alerts the caller sees, newest first; no owner columns (the pages join what they may show)."""
+    """Alerts the caller sees, newest first; of the owner only the id, for the access audit (the
+    pages join what they may show)."""
     clause, params = _visible_alerts(p)
     cur = await conn.execute(
         f"""SELECT a.alert_id, a.device_id, a.rule_key, a.rule_name, a.severity, a.class, a.state,
                    a.late, a.escalated, a.occurrences, a."values", a.started_at, a.last_seen_at,
-                   a.opened_at, a.acknowledged_at, a.resolved_at
+                   a.opened_at, a.acknowledged_at, a.resolved_at, d.owner_id
             FROM alerts a JOIN devices d ON d.device_id = a.device_id
             WHERE {clause}
               AND (%(state)s::text IS NULL OR a.state = %(state)s)

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from dashboards import contact, queries, relay_bridge
+from dashboards import access, contact, queries, relay_bridge
 from dashboards.queries import PageRequest, alert_provider_org, list_devices, sees_owner_data, visible_device
 from dashboards.web import page_queries
 from dashboards.web.render import render
@@ -28,6 +28,7 @@ from dashboards.web.views import (
     sentence,
     user_context,
 )
+from pulsewire import audit
 from pulsewire.errors import Forbidden, NotFound
 from relay import store
 
@@ -72,6 +73,7 @@ async def alerts_page(request: Request, conn: Conn, p: PageUser, state: str = "o
         return RedirectResponse("/my", status_code=303)
     state = state if state in ALERT_FILTERS else "open"
     rows = await page_queries.list_alerts(conn, p, state=None if state == "all" else state)
+    await _record_alert_read(conn, p, "alert_list", None, rows)
     return render(
         request,
         "web/alerts.html",
@@ -183,7 +185,9 @@ async def alert_action(
 async def alert_row(*, conn: Conn, p: PageUser, alert_id: int) -> JSONResponse:
     """One alert as the tables show it, for alerts.js: a live vendor row gets its device link here
     (the vendor's stream view carries the serial, not the device id its pages link to)."""
-    return JSONResponse(jsonable_encoder(alert_view(p, await _visible_alert(conn, p, alert_id))))
+    row = await _visible_alert(conn, p, alert_id)
+    await _record_alert_read(conn, p, "alert", str(alert_id), [row])
+    return JSONResponse(jsonable_encoder(alert_view(p, row)))
 
 
 async def _visible_alert(conn: Conn, p: PageUser, alert_id: int) -> dict[str, Any]:
@@ -191,6 +195,14 @@ async def _visible_alert(conn: Conn, p: PageUser, alert_id: int) -> dict[str, An
     if not rows:
         raise NotFound(f"alert {alert_id} not found")
     return rows[0]
+
+
+async def _record_alert_read(
+    conn: Conn, p: PageUser, object_type: str, object_id: str | None, rows: list[dict[str, Any]]
+) -> None:
+    # Alerts carry clinical values for those who see owners' data; a vendor's are technical only.
+    if sees_owner_data(p):
+        await access.record(conn, audit.READ, object_type, object_id, owner_ids=audit.owners_of(rows))
 
 
 def _local(url: str) -> str:
