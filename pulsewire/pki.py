@@ -23,6 +23,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +124,9 @@ class CertificateAuthority:
     def _create(cls, root: Path) -> CertificateAuthority:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Pulsewire device CA {root.resolve()}")])
+        name = x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, f"Pulsewire device CA {secrets.token_hex(4)}")]
+        )
         now = _now()
         cert = (
             x509.CertificateBuilder()
@@ -142,10 +145,15 @@ class CertificateAuthority:
         (root / "ca.crt").write_bytes(cert.public_bytes(_PEM))
         return cls(root, cert, key)
 
-    def issue_device_certificate(self, device_id: str, *, days: int = DEVICE_DAYS) -> tuple[bytes, bytes]:
-        """A new key and a client certificate whose CN is `device_id`, both as PEM."""
+    def issue_device_certificate(
+        self, device_id: str, *, days: int = DEVICE_DAYS, valid_from: dt.datetime | None = None
+    ) -> tuple[bytes, bytes]:
+        """A new key and a client certificate whose CN is `device_id`, both as PEM.
+
+        `valid_from` back-dates the certificate (an expired one, to prove the broker refuses it).
+        """
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = self._sign_device(device_id, key.public_key(), days=days)
+        cert = self._sign_device(device_id, key.public_key(), days=days, valid_from=valid_from)
         return cert, _key_pem(key)
 
     def sign_csr(self, device_id: str, csr_pem: bytes, *, days: int = DEVICE_DAYS) -> bytes:
@@ -211,11 +219,13 @@ class CertificateAuthority:
             self._write_crl()
         return revoked
 
-    def _sign_device(self, device_id: str, public_key: Any, *, days: int) -> bytes:
+    def _sign_device(
+        self, device_id: str, public_key: Any, *, days: int, valid_from: dt.datetime | None = None
+    ) -> bytes:
         if not device_id or "\n" in device_id:
             raise ValueError(f"not a device id: {device_id!r}")
         cert = (
-            self._builder(device_id, public_key, days=days)
+            self._builder(device_id, public_key, days=days, valid_from=valid_from)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(self._key, hashes.SHA256())
         )
@@ -225,8 +235,10 @@ class CertificateAuthority:
             self._write_index(rows)
         return cert.public_bytes(_PEM)
 
-    def _builder(self, common_name: str, public_key: Any, *, days: int) -> x509.CertificateBuilder:
-        now = _now()
+    def _builder(
+        self, common_name: str, public_key: Any, *, days: int, valid_from: dt.datetime | None = None
+    ) -> x509.CertificateBuilder:
+        now = valid_from or _now()
         return (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
