@@ -2,11 +2,20 @@
 driven through Playwright (never `playwright install`: no browser is downloaded).
 
 Fixtures: `live_server` (module) -> LiveServer with `.url`; `browser` (module) -> a Playwright
-Browser; `new_page(viewport=...)` (function) -> a factory of pages in fresh contexts.
+Browser; `new_page(viewport=...)` (function) -> a factory of pages in fresh contexts;
+`web_tls` (session) -> a test CA and the dashboard's certificate from it.
+
+Browser modules (marked `browser`) get the dashboard over HTTPS, as production serves it, and
+Chromium trusts its certificate by the key's pin. Other modules keep plain HTTP on loopback, the
+development mode, so their httpx clients need no CA. Every page fails its test if the browser
+reports a Content-Security-Policy violation.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,10 +26,12 @@ from typing import Any
 
 import pytest
 import uvicorn
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from pulsewire import registry
 from pulsewire.db import connect, transaction
+from pulsewire.pki import CertificateAuthority, load_certificate
 from pulsewire.settings import Settings
 from tests.fix_db import World
 from tests.helpers import free_port
@@ -36,6 +47,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# What Chromium's console says when a page breaks its Content-Security-Policy.
+CSP_REPORT = "Content Security Policy"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 LAPTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
@@ -48,17 +61,49 @@ class LiveServer:
     url: str
     server: uvicorn.Server
     thread: threading.Thread
+    # What an httpx client passes as `verify` to reach it (a context trusting the test CA on HTTPS).
+    verify: ssl.SSLContext | bool = True
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
 
 
-def serve(settings: Settings) -> LiveServer:
-    """Start `create_app(settings)` on a free loopback port; returns once it accepts requests."""
+@dataclass(frozen=True)
+class WebTls:
+    """A test CA and a certificate it signed for 127.0.0.1 and localhost."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that trusts the test CA only."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def spki_pin(self) -> str:
+        """The certificate key's pin (base64 SHA-256 of its SubjectPublicKeyInfo), as Chromium takes it."""
+        key = load_certificate(self.cert_file.read_bytes()).public_key()
+        der = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+@pytest.fixture(scope="session")
+def web_tls(tmp_path_factory: pytest.TempPathFactory) -> WebTls:
+    """The dashboard's certificate for the tests, from a CA of their own (pulsewire.pki)."""
+    root = tmp_path_factory.mktemp("web-tls")
+    ca = CertificateAuthority.open(root / "ca")
+    cert, key = ca.issue_server_certificate(["127.0.0.1", "localhost"], root, stem="dashboard")
+    return WebTls(ca.ca_file, cert, key)
+
+
+def serve(settings: Settings, *, verify: ssl.SSLContext | bool = True) -> LiveServer:
+    """Start `create_app(settings)` on a free loopback port, over HTTPS when the settings name a
+    certificate; returns once it accepts requests."""
     from dashboards.app import create_app
 
     port = free_port()
+    tls = settings.api_tls()
     config = uvicorn.Config(
         create_app(settings),
         host="127.0.0.1",
@@ -67,6 +112,8 @@ def serve(settings: Settings) -> LiveServer:
         ws="none",
         lifespan="on",
         timeout_graceful_shutdown=3,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-live", daemon=True)
@@ -76,14 +123,18 @@ def serve(settings: Settings) -> LiveServer:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the dashboard did not start within 20 s")
         time.sleep(0.05)
-    return LiveServer(f"http://127.0.0.1:{port}", server, thread)
+    return LiveServer(f"{'https' if tls else 'http'}://127.0.0.1:{port}", server, thread, verify)
 
 
 @pytest.fixture(scope="module")
-def live_server(settings: Settings) -> Iterator[LiveServer]:
-    """The real app against the module's database, on 127.0.0.1."""
-    web_settings = settings.model_copy(update={"session_secret": "test-session-secret"})
-    live = serve(web_settings)
+def live_server(settings: Settings, web_tls: WebTls, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
+    """The real app against the module's database, on 127.0.0.1: HTTPS for browser modules."""
+    update: dict[str, Any] = {"session_secret": "test-session-secret"}
+    verify: ssl.SSLContext | bool = True
+    if request.node.get_closest_marker("browser"):
+        update |= {"api_cert_file": web_tls.cert_file, "api_key_file": web_tls.key_file}
+        verify = web_tls.client_context()
+    live = serve(settings.model_copy(update=update), verify=verify)
     try:
         yield live
     finally:
@@ -91,10 +142,11 @@ def live_server(settings: Settings) -> Iterator[LiveServer]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Headless Debian Chromium."""
+def browser(web_tls: WebTls) -> Iterator[Browser]:
+    """Headless Debian Chromium, trusting the dashboard's test certificate (and no other)."""
+    trust = f"--ignore-certificate-errors-spki-list={web_tls.spki_pin()}"
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, trust])
         try:
             yield b
         finally:
@@ -106,6 +158,7 @@ def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
     """Pages in fresh browser contexts (own cookies), closed after the test; a context may have a
     time zone of its own and JavaScript switched off."""
     contexts = []
+    violations: list[str] = []
 
     def make(
         viewport: dict[str, int] | None = None, *, timezone_id: str | None = None, javascript: bool = True
@@ -117,11 +170,14 @@ def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
         )
         context.set_default_timeout(10_000)
         contexts.append(context)
-        return context.new_page()
+        page = context.new_page()
+        page.on("console", lambda m: violations.extend([m.text] if CSP_REPORT in m.text else []))
+        return page
 
     yield make
     for context in contexts:
         context.close()
+    assert not violations, f"the pages broke their Content-Security-Policy: {violations}"
 
 
 def login(page: Page, base: str, email: str) -> None:

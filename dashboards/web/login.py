@@ -81,7 +81,7 @@ async def login(
             cookie = await auth.create_session(conn, config, principal.user_id)
     response = RedirectResponse(_safe_next(next), status_code=303)
     set_session_cookie(response, config, cookie)
-    response.delete_cookie(LOGIN_COOKIE, path="/login")
+    response.delete_cookie(LOGIN_COOKIE, path="/login", samesite="lax", secure=config.secure_cookies)
     return response
 
 
