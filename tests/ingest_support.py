@@ -106,6 +106,12 @@ class Publisher:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def _acked(info: mqtt.MQTTMessageInfo) -> bool:
     try:

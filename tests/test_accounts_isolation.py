@@ -32,6 +32,9 @@ from tests.helpers import free_port
 
 PASSWORD = "victim-secret-pw"
 NOT_AUTHORIZED = 0x87  # Mosquitto 2.0's CONNACK for an unknown user or a wrong password
+# Where nothing listens, with credentials and a database name that must never be shown.
+DB_URL = "postgresql://pw_admin_user:hunter2-db-secret@127.0.0.1:{port}/pulsewire_prod"
+BROKER_URL = "mqtt://pw_broker_user:hunter2-mqtt-secret@127.0.0.1:{port}"
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -304,16 +307,16 @@ def _assert_tells_nothing(response: httpx.Response, *urls: str) -> None:
 
 
 @contextmanager
-def _unreachable(settings: Settings, setting: str, url: str) -> Iterator[tuple[ApiServer, str]]:
-    """The dashboard with `setting` pointing at `url`, where nothing listens."""
+def _unreachable(settings: Settings, setting: str, template: str) -> Iterator[tuple[ApiServer, str]]:
+    """The dashboard with `setting` at `template` on a free port, where nothing listens; and the URL."""
+    url = template.format(port=free_port())
     with ApiServer(settings.model_copy(update={setting: url})) as server:
         yield server, url
 
 
 @pytest.fixture
-def unreachable_db(settings: Settings, users: Users) -> Iterator[tuple[ApiServer, str]]:
-    url = f"postgresql://pw_admin_user:hunter2-db-secret@127.0.0.1:{free_port()}/pulsewire_prod"
-    with _unreachable(settings, "database_url", url) as served:
+def unreachable_db(settings: Settings) -> Iterator[tuple[ApiServer, str]]:
+    with _unreachable(settings, "database_url", DB_URL) as served:
         yield served
 
 
@@ -332,9 +335,8 @@ def test_readyz_and_503s_name_the_database_without_its_address(
 
 
 @pytest.fixture
-def unreachable_broker(settings: Settings, users: Users) -> Iterator[tuple[ApiServer, str]]:
-    url = f"mqtt://pw_broker_user:hunter2-mqtt-secret@127.0.0.1:{free_port()}"
-    with _unreachable(settings, "mqtt_url", url) as served:
+def unreachable_broker(settings: Settings) -> Iterator[tuple[ApiServer, str]]:
+    with _unreachable(settings, "mqtt_url", BROKER_URL) as served:
         yield served
 
 

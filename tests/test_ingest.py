@@ -31,9 +31,8 @@ def service(settings: Settings) -> Iterator[IngestService]:
 
 @pytest.fixture(scope="module")
 def pub(settings: Settings, service: IngestService) -> Iterator[Publisher]:
-    publisher = Publisher(settings.mqtt())
-    yield publisher
-    publisher.close()
+    with Publisher(settings.mqtt()) as publisher:
+        yield publisher
 
 
 def count(conn: Conn, query: str, *params: Any) -> int:

@@ -186,9 +186,8 @@ def service(settings: Settings) -> Iterator[IngestService]:
 
 @pytest.fixture(scope="module")
 def pub(settings: Settings, service: IngestService) -> Iterator[Publisher]:
-    publisher = Publisher(settings.mqtt())
-    yield publisher
-    publisher.close()
+    with Publisher(settings.mqtt()) as publisher:
+        yield publisher
 
 
 def _quarantined(conn: Conn, device_id: str) -> list[dict[str, Any]]:

@@ -350,13 +350,8 @@ def test_broken_rules_of_one_org_do_not_stop_another_orgs_alerts(
     other rules still fire, the queue is empty, and A's failures are recorded on A's rules."""
     world.add_device("icd-hostile")
     world.add_device("veh-victim", kind="vehicle")
-    bad_regex = _insert_rule(
-        conn,
-        world.clinic_id,
-        "clinic.bad_regex",
-        "event",
-        {"event_type": "battery_status", "match": {"status": "^["}},
-    )
+    bad_match = {"event_type": "battery_status", "match": {"status": "^["}}
+    bad_regex = _insert_rule(conn, world.clinic_id, "clinic.bad_regex", "event", bad_match)
     nonsense = _insert_rule(
         conn, world.clinic_id, "clinic.nonsense", "threshold", {"metric": ["x"], "op": ">", "value": 1}
     )
@@ -433,13 +428,8 @@ def test_broken_rules_of_one_org_do_not_stop_another_orgs_alerts(
 
 
 def test_rules_page_shows_the_recorded_error(conn: Conn, world: World, users: Users, api: ApiServer) -> None:
-    rule_id = _insert_rule(
-        conn,
-        world.clinic_id,
-        "clinic.page_regex",
-        "event",
-        {"event_type": "transmission", "match": {"kind": "^("}},
-    )
+    bad_match = {"event_type": "transmission", "match": {"kind": "^("}}
+    rule_id = _insert_rule(conn, world.clinic_id, "clinic.page_regex", "event", bad_match)
     commit_batch(conn, "icd-a", events=[(_now(), "transmission", {"kind": "scheduled"})])
     assert _one_round(world.db_url) == 1
     with httpx.Client(base_url=api.url, headers={"Accept": "text/html"}, timeout=10) as web:
