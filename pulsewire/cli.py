@@ -86,6 +86,10 @@ def _add_stack(sub: Any) -> None:
         parser = _add_simple(actions, action, help_text, _cmd_stack)
         parser.add_argument("--json", action="store_true", help="print one JSON object")
         parser.set_defaults(action=action)
+        if action == "up":
+            parser.add_argument(
+                "--ha", action="store_true", help="PostgreSQL as a pg_auto_failover monitor, primary, standby"
+            )
 
 
 def _add_registry(sub: Any) -> None:
@@ -119,7 +123,7 @@ def _cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
     info: StackInfo | None
     if args.action == "up":
         ensure_packages()
-        info = stack.up()
+        info = stack.up(ha=args.ha)
     elif args.action == "down":
         stack.down()
         info = stack.status()

@@ -14,6 +14,7 @@ process that started them; `down` stops exactly them, found by their pid files::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -27,7 +28,7 @@ from urllib.parse import quote
 from pulsewire import brokerauth
 from pulsewire.errors import StackError
 from pulsewire.pki import CertificateAuthority
-from pulsewire.stack import _mosquitto, _postgres, _procs
+from pulsewire.stack import _ha, _mosquitto, _postgres, _procs
 from pulsewire.stack._mosquitto import BrokerPorts, Mosquitto
 from pulsewire.stack._ports import LOOPBACK, free_port
 from pulsewire.stack._postgres import Postgres
@@ -62,6 +63,8 @@ class StackInfo:
     crl_file: Path | None = None
     # {component: mqtt URL} of each component's least-privilege login on the service listener
     service_urls: dict[str, str] | None = None
+    # With `up(ha=True)`: the monitor and each PostgreSQL node with its role (`_ha.HaNode.to_json`).
+    ha: dict[str, Any] | None = None
 
     @property
     def running(self) -> bool:
@@ -90,6 +93,7 @@ class StackInfo:
             "ca_file": str(self.ca_file) if self.ca_file else None,
             "crl_file": str(self.crl_file) if self.crl_file else None,
             "service_urls": self.service_urls or {},
+            "ha": self.ha,
         }
 
 
@@ -100,14 +104,26 @@ class Stack:
         self.state_dir = Path(state_dir).absolute()
         self._config_file = self.state_dir / "stack.json"
 
-    def up(self) -> StackInfo:
-        """Set up what is missing and start what is stopped; same ports and credentials every time."""
+    def up(self, *, ha: bool = False) -> StackInfo:
+        """Set up what is missing and start what is stopped; same ports and credentials every time.
+
+        With `ha` (kept for every later `up`), PostgreSQL is a pg_auto_failover formation instead of
+        one server: a monitor, a primary and a synchronous standby, reached by a multi-host URL.
+        """
         ensure_packages()
         self.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         with self._locked():
             config = self._upgrade(self._load() or self._create_config())
+            if ha and "ha_monitor_port" not in config:
+                for key in ("ha_monitor_port", *(f"ha_{name}_port" for name in _ha.NODE_NAMES)):
+                    config[key] = self._free_port(config)
+                self._save(config)
             postgres, broker = self._servers(config)
-            postgres.start()
+            cluster = self._cluster(config)
+            if cluster is None:
+                postgres.start()
+            else:
+                cluster.start()
             broker.start()
             return self._info(config)
 
@@ -119,7 +135,11 @@ class Stack:
         with self._locked():
             postgres, broker = self._servers(config)
             broker.stop()
-            postgres.stop()
+            cluster = self._cluster(config)
+            if cluster is None:
+                postgres.stop()
+            else:
+                cluster.stop()
 
     def status(self) -> StackInfo | None:
         """The stack's URLs and what runs now; None when `up` never ran here."""
@@ -198,7 +218,37 @@ class Stack:
         broker = Mosquitto(self.state_dir / "mosquitto", ports, logins, self.pki_dir)
         return postgres, broker
 
+    def cluster(self) -> _ha.HaCluster | None:
+        """The HA formation when `up(ha=True)` set one up here (fault injection, status)."""
+        return self._cluster(self._require())
+
+    def _cluster(self, config: dict[str, Any]) -> _ha.HaCluster | None:
+        if "ha_monitor_port" not in config:
+            return None
+        nodes = (config["ha_node_a_port"], config["ha_node_b_port"])
+        return _ha.HaCluster(self.state_dir / "ha", config["ha_monitor_port"], nodes, config["pg_password"])
+
     def _info(self, config: dict[str, Any]) -> StackInfo:
+        info = self._single_info(config)
+        cluster = self._cluster(config)
+        if cluster is None:
+            return info
+        nodes = cluster.nodes()
+        primary = next((n for n in nodes if n.role == "primary"), None)
+        return dataclasses.replace(
+            info,
+            database_url=cluster.url,
+            pg_port=primary.port if primary else cluster.node_ports[0],
+            postgres_running=primary is not None and primary.postgres_pid is not None,
+            postgres_pid=primary.postgres_pid if primary else None,
+            ha={
+                "monitor_url": cluster.monitor_url,
+                "monitor_pid": cluster.keeper_pid("monitor"),
+                "nodes": [n.to_json() for n in nodes],
+            },
+        )
+
+    def _single_info(self, config: dict[str, Any]) -> StackInfo:
         postgres, broker = self._servers(config)
         postgres_pid, broker_pid = postgres.pid(), broker.pid()
         service = broker.ports.service
