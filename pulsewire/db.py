@@ -12,8 +12,14 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from pulsewire.errors import DatabaseError, InvalidInput, PulsewireError, QueryTimeout
 
-# Errors that mean "the server is not there right now": callers retry these with backoff.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+# Errors that mean "the server is not there right now": callers reconnect and retry with backoff.
+# A read-only refusal is a connection left on a node that is no longer the primary after a
+# failover; a new connection (multi-host URL, target_session_attrs=read-write) finds the new one.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.errors.ReadOnlySqlTransaction,
+)
 # For the session, not one transaction (`is_local` false): the setting outlives the commit.
 _SET_TIMEOUT = "SELECT set_config('statement_timeout', %s, false)"
 
@@ -40,7 +46,7 @@ def converted(exc: psycopg.Error | PoolTimeout) -> PulsewireError | None:
     if isinstance(exc, psycopg.IntegrityError):
         # A reference or constraint the caller's code did not check itself.
         return InvalidInput(str(exc).splitlines()[0], code="constraint_violation")
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout):
+    if isinstance(exc, (*TRANSIENT_ERRORS, PoolTimeout)):
         return DatabaseError(f"database unavailable: {exc}")
     return None
 
@@ -61,14 +67,22 @@ async def borrowed(pool: AsyncConnectionPool[Any], timeout_s: float) -> AsyncIte
     """A pooled connection for the block; driver errors raised in it come out converted."""
     with errors_converted():
         async with pool.connection(timeout=timeout_s) as conn:
-            yield conn
+            try:
+                yield conn
+            except psycopg.errors.ReadOnlySqlTransaction:
+                await conn.close()  # a closed connection is dropped by the pool, not lent again
+                raise
 
 
 @contextmanager
 def borrowed_sync(pool: ConnectionPool[Any]) -> Iterator[Any]:
     """The same for a synchronous pool (worker threads of the dashboard)."""
     with errors_converted(), pool.connection() as conn:
-        yield conn
+        try:
+            yield conn
+        except psycopg.errors.ReadOnlySqlTransaction:
+            conn.close()
+            raise
 
 
 @contextmanager
