@@ -24,12 +24,13 @@ ALLOWED = {
 # The CLI and `pulsewire up` start the services by name; that is the one sanctioned upward edge.
 ENTRY_POINTS = {"pulsewire/cli.py", "pulsewire/up.py"}
 # The dashboard's HTTP layer: the app, its routes and their dependencies (`access` binds the request's
-# actor for them), the status table.
+# actor for them), the status table, the security headers' middleware.
 HTTP_LAYER = (
     "dashboards/access.py",
     "dashboards/app.py",
     "dashboards/deps.py",
     "dashboards/errors.py",
+    "dashboards/security_headers.py",
     "dashboards/api/",
     "dashboards/web/",
 )
