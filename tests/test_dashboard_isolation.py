@@ -12,8 +12,7 @@ import asyncio
 import itertools
 import re
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +29,7 @@ from relay.visibility import Viewer
 from tests.fix_api import ApiServer, Users, assert_error
 from tests.fix_browser import insert_alert
 from tests.fix_db import World
+from tests.helpers import wait_for
 
 PER_USER = 8
 OVERALL = 24  # three users' worth
@@ -64,14 +64,6 @@ def server(settings: Settings, users: Users) -> Iterator[ApiServer]:
 def _hub(server: ApiServer) -> AlertHub:
     hub: AlertHub = server.app.state.alert_hub
     return hub
-
-
-def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _connections(db_url: str) -> int:
@@ -151,7 +143,7 @@ def _close_all(server: ApiServer, db_url: str, streams: list[Stream]) -> None:
     _revoke_all_stream_tokens(db_url)  # ends them the way a revocation does
     for s in streams:
         assert s.ended.wait(15)
-    _wait(lambda: _hub(server).open_streams == 0, "the hub to forget the ended streams")
+    wait_for(lambda: _hub(server).open_streams == 0, 15, "the hub to forget the ended streams")
 
 
 # --- live streams -----------------------------------------------------------------------------------
@@ -160,7 +152,7 @@ def _close_all(server: ApiServer, db_url: str, streams: list[Stream]) -> None:
 def test_streams_are_capped_and_share_one_listen_connection(
     server: ApiServer, users: Users, world: World
 ) -> None:
-    _wait(lambda: _hub(server).listening, "the hub to LISTEN")
+    wait_for(lambda: _hub(server).listening, 15, "the hub to LISTEN")
     before = _connections(world.db_url)
     streams = _open_streams(server, world.db_url, users.ids["provider"], PER_USER)
     error = _refused(server, world.db_url, users.ids["provider"])  # one more of the same user
@@ -195,7 +187,8 @@ def test_stream_ends_when_its_token_is_revoked_and_others_go_on(
     assert doomed.ended.wait(10), "the stream outlived its revoked token"
     assert not bystander.ended.is_set()
     alert_id = insert_alert(world.db_url, users.own_device, f"implant.isolation_{next(_rule_keys)}")
-    _wait(lambda: any(f'"alert_id":{alert_id}' in line for line in bystander.lines), "the bystander's alert")
+    alerted = f'"alert_id":{alert_id}'
+    wait_for(lambda: any(alerted in line for line in bystander.lines), 15, "the bystander's alert")
     _close_all(server, world.db_url, [bystander])
 
 
@@ -323,7 +316,9 @@ def test_concurrent_readings_queries_are_capped_per_user(
             running = [
                 pool.submit(_readings, server, users.tokens["provider"]) for _ in range(READINGS_PER_USER)
             ]
-            _wait(lambda: _blocked_readings_queries(world.db_url) == READINGS_PER_USER, "queries to block")
+            wait_for(
+                lambda: _blocked_readings_queries(world.db_url) == READINGS_PER_USER, 15, "queries to block"
+            )
             assert_error(_readings(server, users.tokens["provider"]), 429, "too_many_requests")
             locker.rollback()
             assert [f.result().status_code for f in running] == [200] * READINGS_PER_USER
