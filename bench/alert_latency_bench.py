@@ -36,9 +36,8 @@ from typing import Any
 import httpx
 import numpy as np
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from bench import hostile
+from bench import hostile, pacing
 from pulsewire import registry
 from pulsewire.db import connect
 from pulsewire.migrate import migrate
@@ -55,26 +54,15 @@ PROBE = "icd-probe"
 READINGS_PER_MESSAGE = 100
 
 
-def _client(target: MqttTarget, name: str) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
-    client.username_pw_set(target.username, target.password)
-    client.max_inflight_messages_set(1000)
-    client.connect(target.host, target.port)
-    client.loop_start()
-    return client
-
-
 def _iso(ts: datetime) -> str:
     return ts.isoformat().replace("+00:00", "Z")
 
 
 def _load(mqtt_url: str, rate: float, stop: Any) -> None:
     """Publish ~rate readings/s of normal data until `stop` is set (runs in its own process)."""
-    client = _client(MqttTarget.parse(mqtt_url), f"bench-load-{os.getpid()}")
+    client = pacing.client(MqttTarget.parse(mqtt_url), f"bench-load-{os.getpid()}")
     rng = np.random.default_rng(1)
-    per_s = rate / READINGS_PER_MESSAGE
-    seq, start = 0, time.perf_counter()
-    while not stop.is_set():
+    for seq in pacing.paced(rate / READINGS_PER_MESSAGE, stop):
         device = f"icd-load-{seq % LOAD_DEVICES:02d}"
         now = datetime.now(UTC)
         readings = [
@@ -94,10 +82,6 @@ def _load(mqtt_url: str, rate: float, stop: Any) -> None:
             "readings": readings,
         }
         client.publish(topics.telemetry(device), json.dumps(body), qos=1)
-        seq += 1
-        delay = start + seq / per_s - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
     client.loop_stop()
     client.disconnect()
 
@@ -217,7 +201,7 @@ def _measure(
     user: int,
     first: int = 0,
 ) -> dict[str, Any]:
-    client = _client(MqttTarget.parse(mqtt_url), f"bench-probe-{first}")
+    client = pacing.client(MqttTarget.parse(mqtt_url), f"bench-probe-{first}")
     stop = mp.Event()
     load = mp.Process(target=_load, args=(mqtt_url, args.rate, stop), daemon=True)
     with connect(db_url, autocommit=True) as c:

@@ -17,16 +17,14 @@ import re
 import secrets
 import socket
 import threading
-import time
 from collections import Counter
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
+from bench import pacing
 from pulsewire import registry
 from pulsewire.db import connect
 from pulsewire.settings import MqttTarget
@@ -169,15 +167,9 @@ def _backlog(c: Any, org: int, vendor: int, hooks: list[int]) -> None:
 
 def flood(mqtt_url: str, rate: float, stop: Any) -> None:
     """Publish ~rate events/s from org A's first device until `stop` is set (its own process)."""
-    target = MqttTarget.parse(mqtt_url)
     device = DEVICES[0]
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
-    client.username_pw_set(device, PASSWORD)
-    client.max_inflight_messages_set(1000)
-    client.connect(target.host, target.port)
-    client.loop_start()
-    seq, start = 0, time.perf_counter()
-    while rate > 0 and not stop.is_set():
+    client = pacing.client(MqttTarget.parse(mqtt_url), device, device, PASSWORD)
+    for seq in pacing.paced(rate, stop):
         now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         body = {
             "schema": "pulsewire.event/1",
@@ -189,10 +181,6 @@ def flood(mqtt_url: str, rate: float, stop: Any) -> None:
             "data": {"reason": "a" * 40 + "!"},
         }
         client.publish(topics.event(device), json.dumps(body), qos=1)
-        seq += 1
-        delay = start + seq / rate - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
     client.loop_stop()
     client.disconnect()
 
