@@ -292,6 +292,14 @@ class HaCluster:
             conn.execute(f"{verb} ROLE {ROLE} SUPERUSER LOGIN PASSWORD '{password}'")
 
     def _superuser_conn(self, port: int, dbname: str) -> psycopg.Connection[Any]:
-        return psycopg.connect(
-            host=str(self.socket_dir), port=port, user=self._superuser, dbname=dbname, autocommit=True
-        )
+        # PostgreSQL accepts on TCP a moment before its Unix socket exists, then refuses until started.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return psycopg.connect(
+                    host=str(self.socket_dir), port=port, user=self._superuser, dbname=dbname, autocommit=True
+                )
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
