@@ -163,7 +163,12 @@ class Consumer:
         self._delays = self._options.backoff.delays()
         log.info("connected to broker (session present: %s)", flags.session_present)
         # Subscribing again on a resumed session is harmless and covers a session the broker lost.
-        client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._topics])
+        # retainHandling=2: no retained copies at subscribe time. Every message reaches this persistent
+        # session live; a retained copy is either one already stored (each reconnect subscribes again)
+        # or a status from before this consumer existed, e.g. of a device since deleted. Mosquitto
+        # 2.0.11 sends retained messages to shared subscriptions too, so the share group does not help.
+        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        client.subscribe([(t, options) for t in self._topics])
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode],

@@ -18,7 +18,18 @@ from pulsewire.settings import Settings
 from pulsewire.stack import StackInfo
 from schemas import topics
 from tests.fix_db import World
-from tests.ingest_support import Message, Publisher, event, iso, running_ingest, status, telemetry, wait_for
+from tests.ingest_support import (
+    Message,
+    Publisher,
+    event,
+    in_process_statuses,
+    iso,
+    running_ingest,
+    settle,
+    status,
+    telemetry,
+    wait_for,
+)
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -259,3 +270,23 @@ def test_metrics_count_what_happened(service: IngestService) -> None:
     assert "pulsewire_ingest_readings_stored_total" in text
     assert service.totals.duplicates >= 2 and service.totals.gaps >= 1
     assert "pulsewire_ingest_queue_depth 0.0" in text
+
+
+def test_a_new_ingest_gets_no_retained_copies(world: World, settings: Settings, conn: Conn,
+                                              service: IngestService) -> None:  # fmt: skip
+    """A device's retained status reaches the running ingest live; an ingest subscribing later (a new
+    worker, or any worker's reconnect) must not be handed the retained copy again."""
+    world.add_device("imp-barrier", "implant")
+    topic, payload = status("imp-retired", "offline", datetime.now(UTC))
+    with Publisher(settings.mqtt()) as publisher:
+        publisher.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(15)
+        try:
+            mine = "SELECT coalesce(sum(copies), 0) FROM quarantine WHERE topic = %s"
+            wait_for(lambda: count(conn, mine, topic) == 1, 15, "the live status quarantined")
+            with running_ingest(settings, "retained") as late:
+                settle(settings, "imp-barrier", [in_process_statuses(late)])
+                quarantined = late.metrics.text().decode()
+        finally:  # no retained message left for later modules
+            publisher.client.publish(topic, b"", qos=1, retain=True).wait_for_publish(15)
+    assert count(conn, mine, topic) == 1
+    assert 'quarantined_total{reason="unregistered_device"}' not in quarantined
