@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -62,6 +64,27 @@ def errors_converted() -> Iterator[None]:
         raise error from exc
 
 
+# Pool checks running in the background (a reference keeps each task alive until it ends).
+_checks: set[asyncio.Task[None]] = set()
+
+
+def _stranded(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], exc: Exception) -> bool:
+    """Whether `conn` lost its server or sits on a node that no longer takes writes (not a timeout)."""
+    return conn.broken or isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
+
+
+def _check_later(pool: AsyncConnectionPool[Any]) -> None:
+    """Test the pool's idle connections in the background and replace the broken ones.
+
+    One failed borrow means the server (or the primary) went away under every idle connection: after
+    a failover they all point at the dead or demoted node. Checking them at once costs one failed
+    request per failover instead of one per pooled connection.
+    """
+    task = asyncio.get_running_loop().create_task(pool.check())
+    _checks.add(task)
+    task.add_done_callback(_checks.discard)
+
+
 @asynccontextmanager
 async def borrowed(pool: AsyncConnectionPool[Any], timeout_s: float) -> AsyncIterator[Any]:
     """A pooled connection for the block; driver errors raised in it come out converted."""
@@ -69,19 +92,23 @@ async def borrowed(pool: AsyncConnectionPool[Any], timeout_s: float) -> AsyncIte
         async with pool.connection(timeout=timeout_s) as conn:
             try:
                 yield conn
-            except psycopg.errors.ReadOnlySqlTransaction:
-                await conn.close()  # a closed connection is dropped by the pool, not lent again
+            except TRANSIENT_ERRORS as exc:
+                if _stranded(conn, exc):
+                    await conn.close()  # a closed connection is dropped by the pool, not lent again
+                    _check_later(pool)
                 raise
 
 
 @contextmanager
 def borrowed_sync(pool: ConnectionPool[Any]) -> Iterator[Any]:
-    """The same for a synchronous pool (worker threads of the dashboard)."""
+    """The same for a synchronous pool (worker threads of the dashboard), checked by a thread."""
     with errors_converted(), pool.connection() as conn:
         try:
             yield conn
-        except psycopg.errors.ReadOnlySqlTransaction:
-            conn.close()
+        except TRANSIENT_ERRORS as exc:
+            if _stranded(conn, exc):
+                conn.close()
+                threading.Thread(target=pool.check, name=f"{pool.name}-check", daemon=True).start()
             raise
 
 

@@ -13,6 +13,7 @@ password (scram-sha-256). A production formation uses `--auth scram-sha-256` and
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import signal
@@ -149,6 +150,7 @@ class HaCluster:
             pid = self.keeper_pid(name)
             if pid is not None:
                 _procs.stop_pid(pid, signal.SIGTERM, timeout_s=60)
+                _reap(pid)
 
     def keeper_pid(self, name: str) -> int | None:
         """The pid of the `pg_autoctl run` of `name` when it runs."""
@@ -176,12 +178,12 @@ class HaCluster:
         return HaNode(name, int(row["nodeport"]), state, goal, self.keeper_pid(name), self.postgres_pid(name))
 
     def crash(self, name: str) -> None:
-        """SIGKILL the node's keeper and PostgreSQL at once, as if its machine died (fault injection)."""
-        pid = self.keeper_pid(name)
+        """SIGKILL the node's keeper and PostgreSQL at once, as if its machine died (fault injection).
+
+        Returns once the postmaster is gone: from then on no commit can land on this node.
+        """
         postmaster = self.postgres_pid(name)
-        if pid is not None:
-            # The keeper leads a session of its own: its supervised services and PostgreSQL with it.
-            os.killpg(pid, signal.SIGKILL)
+        _kill_node(self.root, name)
         if postmaster is not None:
             _procs.stop_pid(postmaster, signal.SIGKILL, timeout_s=30)
 
@@ -303,3 +305,33 @@ class HaCluster:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+
+def kill_formation(root: Path) -> None:
+    """SIGKILL every keeper of the formation under `root` with all it runs (no graceful stop).
+
+    For a teardown that cannot stop the formation gracefully (a failed or interrupted run): the
+    keepers live in sessions of their own, so nothing else ends them.
+    """
+    for name in ("monitor", *NODE_NAMES):
+        _kill_node(root, name)
+
+
+def _kill_node(root: Path, name: str) -> None:
+    data = str(root / name / "data")
+    keeper = _procs.read_pid(root / name / "keeper.pid")
+    if keeper is not None and _procs.pid_owned(keeper, data):
+        # The keeper leads a session of its own: its supervised services and PostgreSQL with it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(keeper, signal.SIGKILL)
+        _reap(keeper)
+    postmaster = _procs.read_pid(root / name / "data" / "postmaster.pid")
+    if postmaster is not None and _procs.pid_owned(postmaster, data):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(postmaster, signal.SIGKILL)
+
+
+def _reap(pid: int) -> None:
+    """Collect a keeper this process started, so none is left a zombie (our init may never reap it)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
