@@ -140,6 +140,9 @@ Committed = Callable[[], float]  # how many status messages one ingest worker ha
 def settle(settings: Settings, device_id: str, workers: Sequence[Committed], timeout_s: float = 60) -> None:
     """Return once every worker has committed a status message published after this call.
 
+    Each of `workers` must count status messages only (`in_process_statuses`, `scraped_statuses`):
+    with a count of every message, telemetry still being committed would pass for the barrier.
+
     Then each worker is subscribed and has committed everything it received before: a worker
     commits in the order it receives, and a broker resends what a session has not acknowledged
     before anything newer, so past this barrier every copy has been handled. Statuses go out one
