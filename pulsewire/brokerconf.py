@@ -40,7 +40,6 @@ class BrokerLayout:
     """Where each listener is; `bind` is the device listeners' address ('' = every interface).
 
     `service_socket` puts the service listener on a unix socket instead of `service_port`.
-    `password_tls=False` (local development only) leaves the device password listener in plain text.
     """
 
     files: BrokerFiles
@@ -50,7 +49,6 @@ class BrokerLayout:
     service_host: str = "127.0.0.1"
     service_socket: Path | None = None
     bind: str = ""
-    password_tls: bool = True
     persistence_dir: Path = Path("/var/lib/mosquitto")
     pid_file: Path | None = None
     run_as_root: bool = False
@@ -133,7 +131,7 @@ def _password(layout: BrokerLayout) -> str:
     lines = [
         "# Devices without a certificate, and org subscribers: a password, the username is the client id.",
         _listen(layout.password_port, layout.bind),
-        *(_server_tls(files) if layout.password_tls else []),
+        *_server_tls(files),
         "use_username_as_clientid true",
         "allow_anonymous false",
         f"password_file {files.device_passwords}",

@@ -65,7 +65,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     tls = _dashboard_certificate(settings, stack)
     env = _child_env(settings, info, database_url, port)
     env.update(PULSEWIRE_API_CERT_FILE=str(tls[0].resolve()), PULSEWIRE_API_KEY_FILE=str(tls[1].resolve()))
-    children = _start_children(env, args)
+    children = _start_children(env, args, _component_logins(settings, info))
     _print_banner(settings, info, port, logins, children)
     status = _supervise(children)
     if started_stack:
@@ -107,7 +107,17 @@ def _child_env(settings: Settings, info: StackInfo, database_url: str, port: int
     return env
 
 
-def _start_children(env: dict[str, str], args: argparse.Namespace) -> list[Child]:
+def _component_logins(settings: Settings, info: StackInfo) -> dict[str, str]:
+    """`{child: PULSEWIRE_MQTT_URL}`: each component's least-privilege login on the service listener.
+
+    Only on the local stack; a broker the settings name keeps the one URL they give.
+    """
+    if settings.mqtt_url:
+        return {}
+    return dict(info.service_urls or {})
+
+
+def _start_children(env: dict[str, str], args: argparse.Namespace, logins: dict[str, str]) -> list[Child]:
     exe = [sys.executable, "-m", "pulsewire"]
     # One ingest worker on the local Mosquitto: a plain subscription, which Mosquitto 2.0 restores
     # after a broker restart (it does not restore shared ones). Scale-out workers use the shared group.
@@ -132,7 +142,8 @@ def _start_children(env: dict[str, str], args: argparse.Namespace) -> list[Child
         ]
     children = []
     for name, command in commands.items():
-        process = subprocess.Popen(exe + command, env=env, start_new_session=True)
+        own = {"PULSEWIRE_MQTT_URL": logins[name]} if name in logins else {}
+        process = subprocess.Popen(exe + command, env={**env, **own}, start_new_session=True)
         children.append(Child(name, process))
     return children
 

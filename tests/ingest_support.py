@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingest import IngestService
+from pulsewire.mqtt import Tls
 from pulsewire.settings import MqttTarget, Settings
 from schemas import topics
 from tests.helpers import wait_for  # noqa: F401 (re-exported: the ingest tests import it from here)
@@ -84,6 +85,9 @@ class Publisher:
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(1, 2)
+        tls = Tls.of(target)
+        if tls is not None:  # a device listener: TLS with the target's CA
+            self.client.tls_set_context(tls.context())
         self.client.connect(target.host, target.port, keepalive=10)
         self.client.loop_start()
 

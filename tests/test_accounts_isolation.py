@@ -77,6 +77,7 @@ def _mqtt_connect(info: StackInfo, creds: DeviceCredentials) -> int:
     )
     device.username_pw_set(creds.mqtt_username, creds.mqtt_password)
     device.on_connect = lambda _c, _u, _f, rc, _p: got.append(rc.value)
+    device.tls_set(ca_certs=str(info.ca_file))
     device.connect(info.mqtt_host, info.mqtt_port)
     try:
         # Drive the network loop by hand until the CONNACK is in (bounded).
@@ -102,6 +103,7 @@ class _Online:
         self.client.on_connect = lambda *_: self.connected.set()
         self.client.on_disconnect = lambda *_: self.dropped.set()
         self.client.reconnect_delay_set(60, 60)  # one session: no reconnect within the test
+        self.client.tls_set(ca_certs=str(info.ca_file))
         self.client.connect(info.mqtt_host, info.mqtt_port)
         self.client.loop_start()
         assert self.connected.wait(10)

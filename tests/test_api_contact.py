@@ -36,6 +36,7 @@ class Responder:
         self.client.on_connect = lambda c, *_: c.subscribe(topics.command(self.device_id), qos=1)
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = self._on_message
+        self.client.tls_set(ca_certs=str(info.ca_file))
         self.client.connect(info.mqtt_host, info.mqtt_port)
         self.client.loop_start()
 

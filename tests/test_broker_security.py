@@ -234,7 +234,7 @@ def test_no_device_credential_takes_over_ingests_session(
         assert publisher.publish(topics.telemetry(device), str(n).encode()).value == 0
     publisher.close()
 
-    by_password = Client(ingest_id)
+    by_password = tls_client(stack_info.ca_file, client_id=ingest_id)
     by_password.client.username_pw_set(device, password)
     assert not by_password.connect(stack_info.mqtt_port, clean_start=True)[0].is_failure
     by_password.close()
@@ -259,7 +259,8 @@ def test_no_device_credential_takes_over_ingests_session(
 def test_topics_are_least_privilege(stack: Stack, stack_info: StackInfo) -> None:
     device = unique("acl")
     password = add_password_device(stack, device)
-    client = Client()
+    assert stack_info.ca_file is not None
+    client = tls_client(stack_info.ca_file)
     client.client.username_pw_set(device, password)
     assert not client.connect(stack_info.mqtt_port)[0].is_failure
     # Mosquitto 2.0 grants the SUBACK and filters each message: what matters is what arrives.
@@ -285,7 +286,8 @@ def test_topics_are_least_privilege(stack: Stack, stack_info: StackInfo) -> None
 
 def test_org_login_reads_only_its_own_alerts(stack: Stack, stack_info: StackInfo) -> None:
     username, password = stack.set_org_login(41)
-    org = Client()
+    assert stack_info.ca_file is not None
+    org = tls_client(stack_info.ca_file)
     org.client.username_pw_set(username, password)
     assert not org.connect(stack_info.mqtt_port)[0].is_failure
     for topic in (topics.org_alerts(41), topics.org_alerts(42), topics.telemetry("+")):
@@ -298,3 +300,23 @@ def test_org_login_reads_only_its_own_alerts(stack: Stack, stack_info: StackInfo
     assert org.messages.get(timeout=WAIT_S).payload == b"alert"
     assert org.messages.empty()
     org.close()
+
+
+def test_the_device_password_listener_speaks_only_tls(stack: Stack, stack_info: StackInfo) -> None:
+    device = unique("plain")
+    password = add_password_device(stack, device)
+    plain = Client()
+    plain.client.username_pw_set(device, password)
+    try:
+        reason, _ = plain.connect(stack_info.mqtt_port)
+        refused = reason.is_failure
+    except OSError:  # the broker drops a cleartext CONNECT as a bad TLS record
+        refused = True
+    finally:
+        plain.client.loop_stop()
+    assert refused
+    assert stack_info.ca_file is not None
+    over_tls = tls_client(stack_info.ca_file)
+    over_tls.client.username_pw_set(device, password)
+    assert not over_tls.connect(stack_info.mqtt_port)[0].is_failure
+    over_tls.close()

@@ -77,6 +77,8 @@ def test_registry_commands_print_json_and_the_device_can_connect(stack_info: Sta
         stack_info.mqtt_host,
         "-p",
         str(stack_info.mqtt_port),
+        "--cafile",
+        str(stack_info.ca_file),
         "-V",
         "mqttv5",
         "-q",

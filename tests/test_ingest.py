@@ -107,6 +107,7 @@ def test_mosquitto_pub_with_the_devices_own_credentials(world: World, stack_info
     topic, payload = telemetry("veh-cli", 7, [("coolant_temp_c", 91.5), ("rpm", 2100.0)])
     subprocess.run(
         ["mosquitto_pub", "-h", stack_info.mqtt_host, "-p", str(stack_info.mqtt_port), "-V", "mqttv5",
+         "--cafile", str(stack_info.ca_file),
          "-u", creds.mqtt_username, "-P", creds.mqtt_password, "-q", "1", "-t", topic,
          "-m", payload.decode()],
         check=True, timeout=15,

@@ -41,6 +41,8 @@ class Peer:
         self.port = port or info.mqtt_port  # the device listener unless told otherwise
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         self.client.username_pw_set(username, password)
+        if self.port == info.mqtt_port:  # the device listener speaks TLS with the stack's CA
+            self.client.tls_set(ca_certs=str(info.ca_file))
         self.connacks: queue.Queue[tuple[ReasonCode, bool]] = queue.Queue()
         self.subacks: queue.Queue[list[ReasonCode]] = queue.Queue()
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()

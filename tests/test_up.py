@@ -53,6 +53,9 @@ def test_up_runs_everything_and_ctrl_c_stops_it() -> None:
             return row is not None and int(str(row["n"])) > 0
 
         wait_for(readings_stored, 90, "simulated readings to be stored", interval_s=0.5)
+        # Each component logs in as itself (least privilege), never as the operator's full-access login.
+        broker_log = (state_dir / "mosquitto" / "mosquitto.log").read_text()
+        assert "u'pulsewire-ingest')" in broker_log and "u'pulsewire')" not in broker_log
         banner = (state_dir / "up.log").read_text()
         assert f"https://127.0.0.1:{port}/" in banner and "clinician@demo.pulsewire" in banner
 

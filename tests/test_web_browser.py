@@ -41,6 +41,7 @@ def publish_history(stack_info: StackInfo, device_id: str, password: str, hours:
     """Publish `hours` of 10-minute readings as the device would (a store-and-forward upload)."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{device_id}-upload", protocol=mqtt.MQTTv5)
     client.username_pw_set(device_id, password)
+    client.tls_set(ca_certs=str(stack_info.ca_file))
     client.connect(stack_info.mqtt_host, stack_info.mqtt_port)
     client.loop_start()
     now = datetime.now(UTC).replace(microsecond=0)

@@ -55,8 +55,9 @@ class StackInfo:
     postgres_pid: int | None = None
     broker_pid: int | None = None
     timescaledb: bool = False
-    # The device listeners: mutual TLS (certificates of `ca_file`, revocations in `crl_file`) and,
-    # at `mqtt_port` (plain text, loopback only), passwords. `mqtt_url` is the service listener.
+    # The device listeners, both TLS with the server certificate of `ca_file`: mutual TLS at
+    # `mqtts_port` (revocations in `crl_file`) and passwords at `mqtt_port`. `mqtt_url` is the
+    # service listener (plain text, loopback only).
     mqtts_port: int = 0
     service_port: int = 0
     ca_file: Path | None = None
@@ -88,7 +89,7 @@ class StackInfo:
             "timescaledb": self.timescaledb,
             "mqtts_port": self.mqtts_port,
             "mqtts_url": f"mqtts://{self.mqtt_host}:{self.mqtts_port}",
-            "mqtt_device_url": f"mqtt://{self.mqtt_host}:{self.mqtt_port}",
+            "mqtt_device_url": f"mqtts://{self.mqtt_host}:{self.mqtt_port}",
             "service_port": self.service_port,
             "ca_file": str(self.ca_file) if self.ca_file else None,
             "crl_file": str(self.crl_file) if self.crl_file else None,

@@ -44,7 +44,7 @@ def binary() -> Path | None:
 class Mosquitto:
     """One broker in `root`: the device mTLS, device password and service listeners on loopback.
 
-    `port` is the device password listener (plain text on loopback in the local stack), kept on
+    `port` is the device password listener (TLS with the stack's CA, as in production), kept on
     the port the stack always had; `service_port` the services'; `mtls_port` the certificates'.
     """
 
@@ -73,10 +73,10 @@ class Mosquitto:
         )  # fmt: skip
 
     def layout(self) -> BrokerLayout:
-        """The local stack's listeners, all on loopback."""
+        """The local stack's listeners, all on loopback; the device listeners speak TLS as in production."""
         return BrokerLayout(
             files=self.files, mtls_port=self.ports.mtls, password_port=self.ports.password,
-            service_port=self.ports.service, service_host=LOOPBACK, bind=LOOPBACK, password_tls=False,
+            service_port=self.ports.service, service_host=LOOPBACK, bind=LOOPBACK,
             persistence_dir=self.root / "data", pid_file=self.pid_file, run_as_root=_procs.is_root(),
         )  # fmt: skip
 
