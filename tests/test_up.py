@@ -56,6 +56,10 @@ def test_up_runs_everything_and_ctrl_c_stops_it() -> None:
         # Each component logs in as itself (least privilege), never as the operator's full-access login.
         broker_log = (state_dir / "mosquitto" / "mosquitto.log").read_text()
         assert "u'pulsewire-ingest')" in broker_log and "u'pulsewire')" not in broker_log
+        # The simulated devices log in with their certificates (mutual TLS), none with a password.
+        connections = [line for line in broker_log.splitlines() if "New connection from" in line]
+        assert any(line.endswith(f" on port {info.mqtts_port}.") for line in connections)
+        assert not any(line.endswith(f" on port {info.mqtt_port}.") for line in connections)
         banner = (state_dir / "up.log").read_text()
         assert f"https://127.0.0.1:{port}/" in banner and "clinician@demo.pulsewire" in banner
 

@@ -3,18 +3,25 @@
 Demo orgs and owners are created when missing and reused otherwise; device ids are
 `sim-icd-000001` / `sim-veh-000001`. Their generated passwords are kept in
 `<state_dir>/simulator/credentials.json` (mode 0600) so a re-run logs in as the same devices.
+On the local stack each device also gets a certificate of the stack's CA (CN = its id) in
+`<state_dir>/simulator/certs/`, kept while valid, so the simulated fleet logs in by mutual TLS.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from devices.simulator.runner import DeviceLogin
-from pulsewire import demo, registry
+from pulsewire import demo, devicecerts, registry
 from pulsewire.db import connect
+from pulsewire.errors import ConfigError
+from pulsewire.pki import load_certificate
 from pulsewire.settings import Settings
 
 ORGS = {
@@ -73,7 +80,39 @@ def ensure_devices(settings: Settings, kinds: list[str]) -> list[DeviceLogin]:
         if changed:
             _write(path, saved)
             registry.sync_broker_auth(conn, settings.state_dir)
-    return logins
+    certificates = ensure_certificates(settings, [login.device_id for login in logins])
+    return [dataclasses.replace(login, certificate=certificates.get(login.device_id)) for login in logins]
+
+
+def ensure_certificates(settings: Settings, device_ids: Iterable[str]) -> dict[str, tuple[Path, Path]]:
+    """`{device_id: (cert file, key file)}`, issued by the local stack's CA where none is valid.
+
+    A certificate is kept while the CA lists it as neither revoked nor expired; a revoked one (or one
+    of an earlier CA) is replaced. Without a local CA (a broker of the operator's) the answer is
+    empty and the devices log in with their passwords.
+    """
+    try:
+        ca = devicecerts.certificate_authority(settings)
+    except ConfigError:
+        return {}
+    now = datetime.now(UTC)
+    valid = {entry.serial for entry in ca.issued() if entry.revoked_at is None and entry.not_after > now}
+    out = settings.state_dir / "simulator" / "certs"
+    found: dict[str, tuple[Path, Path]] = {}
+    for device_id in device_ids:
+        cert, key = out / f"{device_id}.crt", out / f"{device_id}.key"
+        if not (key.exists() and _serial(cert) in valid):
+            cert_pem, key_pem = ca.issue_device_certificate(device_id)
+            devicecerts.write_bundle(ca, device_id, out, cert_pem, key_pem)
+        found[device_id] = (cert, key)
+    return found
+
+
+def _serial(cert: Path) -> int | None:
+    try:
+        return load_certificate(cert.read_bytes()).serial_number
+    except (OSError, ValueError):
+        return None
 
 
 def _ensure_orgs(conn: registry.Conn) -> dict[str, int]:

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from devices.simulator.device import DUPLICATE, STORE, Message, SimDevice
 from devices.simulator.scenarios import Scenario, build_plan
@@ -25,12 +26,13 @@ from schemas import topics
 
 @dataclass(frozen=True)
 class DeviceLogin:
-    """A registered device and its MQTT password."""
+    """A registered device, its MQTT password and, when it has one, its certificate and key files."""
 
     device_id: str
     kind: str
     password: str
     model: str = ""
+    certificate: tuple[Path, Path] | None = None
 
 
 @dataclass
@@ -67,7 +69,7 @@ def link_config(
 ) -> LinkConfig:
     """A device's MQTT login: its own credentials, a retained `offline` Will, its command topic."""
     return LinkConfig(
-        link_options(target, login.device_id, login.password, login.device_id),
+        link_options(target, login.device_id, login.password, login.device_id, login.certificate),
         will_topic=topics.status(login.device_id),
         will_payload=device.status("offline"),
         subscribe=[topics.command(login.device_id)],

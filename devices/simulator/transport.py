@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -29,15 +30,24 @@ MISC_INTERVAL_S = 1.0
 SESSION_EXPIRY_S = 300
 
 
-def link_options(target: MqttTarget, username: str, password: str, client_id: str) -> ConnectOptions:
+def link_options(
+    target: MqttTarget, username: str, password: str, client_id: str,
+    certificate: tuple[Path, Path] | None = None,
+) -> ConnectOptions:  # fmt: skip
     """A simulated login on `target`'s broker: a session kept across its own reconnects, quick retries.
 
     A device's login (any but the target's own) goes to the devices' listener when the target names one:
-    the service listener accepts only Pulsewire's components.
+    the service listener accepts only Pulsewire's components. With a `certificate` (cert and key
+    files) and a target that names the mutual TLS listener, the device logs in there instead, as
+    its certificate's CN, with no password.
     """
     broker = target if username == target.username else (target.devices or target)
+    login: tuple[str | None, str | None] = (username, password)
+    if certificate is not None and target.mtls is not None:
+        broker = replace(target.mtls, cert_file=certificate[0], key_file=certificate[1])
+        login = (None, None)
     return ConnectOptions.from_target(
-        broker, client_id, username=username, password=password, keepalive_s=60, clean_start="first_only",
+        broker, client_id, username=login[0], password=login[1], keepalive_s=60, clean_start="first_only",
         session_expiry_s=SESSION_EXPIRY_S, backoff=Backoff(first_s=0.05, max_s=5.0),
     )  # fmt: skip
 
