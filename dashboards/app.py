@@ -115,9 +115,9 @@ def _include_routers(app: FastAPI) -> None:
     app.include_router(system.router)
     for module in (account, devices, commands, contact, alerts, relay_admin, admin):
         app.include_router(module.router, responses=ERROR_RESPONSES)
-    from dashboards.api import audit, export, quarantine
+    from dashboards.api import audit, export, pki, quarantine
 
-    for extra in (quarantine, export, audit):
+    for extra in (quarantine, export, audit, pki):
         app.include_router(extra.router, responses=ERROR_RESPONSES)
 
 
