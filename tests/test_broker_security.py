@@ -25,8 +25,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from devices.simulator.registration import ensure_certificates
+from devices.simulator.transport import link_options
 from pulsewire import brokerauth, devicecerts
-from pulsewire.pki import CertificateAuthority
+from pulsewire.pki import CertificateAuthority, load_certificate
 from pulsewire.settings import MqttTarget, Settings
 from pulsewire.stack import Stack, StackInfo
 from schemas import topics
@@ -127,12 +129,17 @@ def service(info: StackInfo, component: str | None = None, client_id: str = "") 
     return client
 
 
+def device_logins(stack: Stack, *, but: str = "") -> list[tuple[str, str]]:
+    """The devices' `(login, hash)` pairs in the broker's password file now (all `but` one)."""
+    passwd = stack.state_dir / "mosquitto" / "passwd"
+    pairs = (line.split(":", 1) for line in passwd.read_text().splitlines() if "@" not in line)
+    return [(device, digest) for device, digest in pairs if device != but]
+
+
 def add_password_device(stack: Stack, device_id: str) -> str:
     """Give `device_id` a password login, keeping every other device's."""
     password = brokerauth.new_password()
-    passwd = stack.state_dir / "mosquitto" / "passwd"
-    keep = [tuple(line.split(":", 1)) for line in passwd.read_text().splitlines() if "@" not in line]
-    stack.reload_broker_auth([*((d, h) for d, h in keep), (device_id, brokerauth.hash_password(password))])
+    stack.reload_broker_auth([*device_logins(stack), (device_id, brokerauth.hash_password(password))])
     return password
 
 
@@ -320,3 +327,53 @@ def test_the_device_password_listener_speaks_only_tls(stack: Stack, stack_info: 
     over_tls.client.username_pw_set(device, password)
     assert not over_tls.connect(stack_info.mqtt_port)[0].is_failure
     over_tls.close()
+
+
+def test_simulated_devices_log_in_with_certificates_renewed_once_revoked(
+    settings: Settings, stack_info: StackInfo
+) -> None:
+    device = unique("sim")
+    first = ensure_certificates(settings, [device])[device]
+    assert ensure_certificates(settings, [device])[device] == first
+    serial = load_certificate(first[0].read_bytes()).serial_number
+    options = link_options(settings.mqtt(), device, "unused", device, first)
+    assert (options.port, options.username, options.password) == (stack_info.mqtts_port, None, None)
+    assert not refused_tls(stack_info, *first)
+
+    devicecerts.revoke(settings, device)
+    renewed = ensure_certificates(settings, [device])[device]
+    assert load_certificate(renewed[0].read_bytes()).serial_number != serial
+    assert not refused_tls(stack_info, *renewed)
+
+
+def test_a_connected_password_device_is_cut_off_when_its_login_goes(
+    stack: Stack, stack_info: StackInfo
+) -> None:
+    """On SIGHUP Mosquitto checks every connected client's password again and drops those that fail."""
+    device = unique("gone")
+    password = add_password_device(stack, device)
+    assert stack_info.ca_file is not None
+    client = tls_client(stack_info.ca_file)
+    client.client.username_pw_set(device, password)
+    client.client.reconnect_delay_set(60, 60)  # one connection: a reconnect would be refused anyway
+    assert not client.connect(stack_info.mqtt_port)[0].is_failure
+    stack.reload_broker_auth(device_logins(stack, but=device))  # what decommissioning does
+    dropped, _ = client.connacks.get(timeout=WAIT_S)
+    client.client.loop_stop()
+    assert dropped.is_failure, dropped
+
+
+def test_a_connected_device_keeps_its_revoked_certificates_session_until_it_reconnects(
+    settings: Settings, stack_info: StackInfo, ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """The limit docs/deployment-security.md states: Mosquitto 2.0.11's reload checks a connected
+    client's certificate CN again but not the CRL, so only the next handshake meets the revocation."""
+    device = unique("sticky")
+    cert, key = bundle(ca, device, tmp_path)
+    assert stack_info.ca_file is not None
+    client = tls_client(stack_info.ca_file, cert, key)
+    assert not client.connect(stack_info.mqtts_port)[0].is_failure
+    assert devicecerts.revoke(settings, device).broker_reloaded
+    assert not client.publish(topics.telemetry(device), b"{}").is_failure  # still connected, accepted
+    client.close()
+    assert refused_tls(stack_info, cert, key)
