@@ -8,17 +8,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from pulsewire.pki import device_id_of
 from pulsewire.settings import Settings
 from pulsewire.stack import StackInfo
 from tests.fix_api import ApiServer, Users, assert_error, client
 from tests.fix_stack import new_state_dir
-from tests.test_broker_security import refused_tls
+from tests.test_broker_security import make_csr, refused_tls
 
 Clients = dict[str, httpx.Client]
 
@@ -35,20 +31,12 @@ def _bundle(answer: dict[str, str], out: Path, key_pem: bytes | None = None) -> 
     return cert, key
 
 
-def _csr(common_name: str) -> tuple[str, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
-    pem = serialization.Encoding.PEM
-    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return csr.public_bytes(pem).decode(), key_pem
-
-
 def test_only_admins_handle_certificates(clients: Clients, users: Users) -> None:
     device = users.own_device
+    csr = make_csr(device)[0].decode()
     for name in ("provider", "vendor", "owner"):
         assert_error(clients[name].post(_route(device)), 403, "forbidden")
-        assert_error(clients[name].post(_route(device, "/csr"), json={"csr_pem": _csr(device)[0]}), 403)
+        assert_error(clients[name].post(_route(device, "/csr"), json={"csr_pem": csr}), 403, "forbidden")
         assert_error(clients[name].post(_route(device, "/revoke"), json={}), 403, "forbidden")
     assert_error(clients["anon"].post(_route(device)), 401)
     assert_error(clients["admin"].post(_route("no-such-device")), 404, "not_found")
@@ -78,7 +66,8 @@ def test_a_csr_is_signed_for_its_own_device_only(
     clients: Clients, users: Users, stack_info: StackInfo, tmp_path: Path
 ) -> None:
     admin, device = clients["admin"], users.own_device
-    csr, key_pem = _csr(device)
+    csr_pem, key_pem = make_csr(device)
+    csr = csr_pem.decode()
     signed = admin.post(_route(device, "/csr"), json={"csr_pem": csr})
     assert signed.status_code == 201, signed.text
     assert signed.json()["key_pem"] is None

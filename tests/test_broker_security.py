@@ -201,7 +201,8 @@ def test_revoked_certificate_is_refused_at_once_and_rotation_keeps_the_new_one(
     assert not refused_tls(stack_info, *new)
 
 
-def _csr(common_name: str) -> tuple[bytes, bytes]:
+def make_csr(common_name: str) -> tuple[bytes, bytes]:
+    """A CSR naming `common_name`, and its key, both PEM (as a device would make them)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
@@ -214,7 +215,7 @@ def test_csr_signed_certificate_works_and_another_cn_is_refused(
     stack_info: StackInfo, ca: CertificateAuthority, tmp_path: Path
 ) -> None:
     device = unique("csr")
-    csr, key_pem = _csr(device)
+    csr, key_pem = make_csr(device)
     with pytest.raises(ValueError, match="common name"):
         ca.sign_csr("someone-else", csr)
     devicecerts.write_bundle(ca, device, tmp_path, ca.sign_csr(device, csr))

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pulsewire.errors import ConfigError
 from pulsewire.pki import CertificateAuthority, device_id_of, load_certificate
+from tests.test_broker_security import make_csr
 
 
 @pytest.fixture
@@ -43,10 +42,7 @@ def crl_serials(ca: CertificateAuthority) -> set[int]:
 
 
 def csr_for(common_name: str) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM)
+    return make_csr(common_name)[0]
 
 
 def test_a_device_certificate_names_the_device_and_is_for_clients(
