@@ -164,7 +164,8 @@ def _print_banner(
         f"  dashboard   https://{settings.api_host}:{port}/",
         f"  API         https://{settings.api_host}:{port}/api/v1  (OpenAPI at /openapi.json)",
         f"  CA          {Stack(settings.state_dir).pki_dir / 'ca.crt'}  (trust it, or curl --cacert it)",
-        f"  MQTT        {info.mqtt_url.split('@')[-1]}  (devices log in with their own credentials)",
+        f"  MQTT        devices over TLS: {info.mqtt_host}:{info.mqtts_port} (certificate), "
+        f"{info.mqtt_host}:{info.mqtt_port} (password); services: {info.mqtt_url.split('@')[-1]}",
         f"  PostgreSQL  {info.database_url.split('@')[-1]}",
         "  services    " + ", ".join(f"{c.name} (pid {c.process.pid})" for c in children),
         *accounts,
