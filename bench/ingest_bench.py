@@ -1,10 +1,12 @@
 """Ingest benchmark: raw COPY rate vs end to end (publishers → Mosquitto → `pulsewire ingest` → commit).
 
 Run: `.venv/bin/python -m bench.ingest_bench [--duration 20] [--publishers 2] [--devices 200]`.
-Starts a private stack in a temp dir, registers devices, runs ingest as a subprocess and publishes
+Starts a private stack in a temp dir, registers devices, runs ingest as subprocesses and publishes
 realistic telemetry at QoS 1 from several processes (a minimal MQTT 3.1.1 client on a raw socket), at
-`--offered` times the target rate for `--duration` seconds. End to end = committed readings / (last
+`--offered` times the goal rate for `--duration` seconds. End to end = committed readings / (last
 commit - first publish), the backlog the broker holds when publishing stops drained and counted.
+It runs with 1 worker, then with 2 workers on one shared subscription (`$share/<group>/...`), side
+by side; the broker runs throughout (no restart is involved).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import psycopg
 from pulsewire import registry
 from pulsewire.migrate import migrate
 from pulsewire.settings import MqttTarget
-from pulsewire.stack import Stack
+from pulsewire.stack import Stack, StackInfo
 from schemas.topics import telemetry as telemetry_topic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +40,13 @@ METRICS = [("rpm", 800.0, 4000.0), ("speed_kmh", 0.0, 130.0), ("coolant_temp_c",
            ("engine_load_pct", 5.0, 90.0), ("throttle_pct", 0.0, 80.0), ("maf_gs", 2.0, 60.0),
            ("fuel_level_pct", 5.0, 100.0), ("module_voltage_v", 12.0, 14.5), ("oil_temp_c", 60.0, 120.0),
            ("intake_temp_c", 0.0, 50.0)]  # fmt: skip
-TARGET_MSGS = {10: 10_000, 1: 20_000}  # messages/s with 10 and with 1 reading a message (docs/benchmarks.md)
+# The goals in messages/s, with 10 and with 1 reading a message: 0.5 x raw COPY (about 180,000
+# readings/s here) and 40,000 messages/s. The offer is `--offered` times these, so that a figure
+# below the goal is ingest's, not the offer's.
+TARGET_MSGS = {10: 18_000, 1: 40_000}
+# Each device's budget in the bench's workers: 200 devices offering 60,000 messages/s send 300 each
+# a second, past the default 50 (which holds devices of the field, not a bench's few hundred).
+BENCH_DEVICE_RATE = "2000"
 MAX_OUTSTANDING = 4_000  # unacknowledged publishes per publisher
 
 
@@ -230,8 +238,8 @@ def end_to_end(
         time.sleep(0.5)
     msgs, rows, last = got
     span = last - first
-    return {"sent_msgs": sent_msgs, "msgs": msgs, "rows": rows, "span_s": span,
-            "rows_per_s": rows / span, "msgs_per_s": msgs / span}  # fmt: skip
+    return {"sent_msgs": sent_msgs, "msgs": msgs, "rows": rows, "span_s": span, "rows_per_s": rows / span,
+            "msgs_per_s": msgs / span, "offered_msgs_per_s": sent_msgs / args.duration}  # fmt: skip
 
 
 def setup_devices(url: str, n: int) -> list[str]:
@@ -245,13 +253,32 @@ def setup_devices(url: str, n: int) -> list[str]:
     return ids
 
 
-def start_ingest(db_url: str, mqtt_url: str, state: Path) -> subprocess.Popen[bytes]:
-    env = dict(
-        os.environ, PULSEWIRE_DATABASE_URL=db_url, PULSEWIRE_MQTT_URL=mqtt_url, PULSEWIRE_STATE_DIR=str(state)
-    )
+def start_ingest(
+    db_url: str, mqtt_url: str, state: Path, client_id: str, group: str
+) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PULSEWIRE_DATABASE_URL=db_url, PULSEWIRE_MQTT_URL=mqtt_url,
+               PULSEWIRE_STATE_DIR=str(state),
+               PULSEWIRE_DEVICE_RATE_MSGS_PER_S=BENCH_DEVICE_RATE)  # fmt: skip
     exe = Path(sys.executable).parent / "pulsewire"
-    return subprocess.Popen([str(exe), "ingest", "--client-id", "bench-ingest", "--log-level", "WARNING"],
-                            env=env, cwd=ROOT)  # fmt: skip
+    return subprocess.Popen([str(exe), "ingest", "--client-id", client_id, "--share-group", group,
+                             "--log-level", "WARNING"], env=env, cwd=ROOT)  # fmt: skip
+
+
+def with_workers(workers: int, info: StackInfo, state: Path, devices: list[str],
+                 args: argparse.Namespace) -> dict[int, dict[str, float]]:  # fmt: skip
+    """End to end at 10 and 1 readings a message with `workers` ingest processes in one share group."""
+    url, mqtt_url = info.database_url, info.mqtt_url
+    ids = [f"bench-ingest-{workers}-{i}" for i in range(workers)]
+    procs = [start_ingest(url, mqtt_url, state, cid, f"bench{workers}") for cid in ids]
+    try:
+        time.sleep(3.0)  # connect, subscribe, storage maintenance
+        return {n: end_to_end(url, mqtt_url, devices, n, args) for n in (10, 1)}
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(60)
+        for cid in ids:  # a clean session ends theirs: no queue for them while the next run goes on
+            RawPublisher(MqttTarget.parse(mqtt_url), cid).sock.close()
 
 
 def main() -> int:
@@ -266,6 +293,7 @@ def main() -> int:
         help="publish at this multiple of the target rate (bounds the broker backlog)",
     )
     args = parser.parse_args()
+    load_before = os.getloadavg()
     state = Path(tempfile.mkdtemp(prefix="pulsewire-bench-"))
     state.chmod(0o755)
     stack = Stack(state)
@@ -275,33 +303,42 @@ def main() -> int:
         devices = setup_devices(info.database_url, args.devices)
         copy_rate = raw_copy_rate(info.database_url)
         alone = {n: publishers_alone(info.mqtt_url, devices, n, args) for n in (10, 1)}
-        ingest = start_ingest(info.database_url, info.mqtt_url, state)
-        try:
-            time.sleep(3.0)  # connect, subscribe, storage maintenance
-            ten = end_to_end(info.database_url, info.mqtt_url, devices, 10, args)
-            one = end_to_end(info.database_url, info.mqtt_url, devices, 1, args)
-        finally:
-            ingest.terminate()
-            ingest.wait(60)
+        runs = {w: with_workers(w, info, state, devices, args) for w in (1, 2)}
     finally:
         stack.down()
         shutil.rmtree(state, ignore_errors=True)
+    report(args, copy_rate, alone, runs, load_before)
+    return 0 if all(r["msgs"] == r["sent_msgs"] for run in runs.values() for r in run.values()) else 1
+
+
+Runs = dict[int, dict[int, dict[str, float]]]  # {workers: {readings a message: figures}}
+
+
+def report(args: argparse.Namespace, copy_rate: float, alone: dict[int, float], runs: Runs,
+           load_before: tuple[float, float, float]) -> None:  # fmt: skip
+    """Print the figures, 1 and 2 workers side by side, with what was offered."""
     print(f"machine: {machine()}")
+    print(f"load average (1, 5, 15 min): before {load_before}, after {os.getloadavg()}")
     print(f"command: .venv/bin/python -m bench.ingest_bench --duration {args.duration:g} "
           f"--publishers {args.publishers} --devices {args.devices} --offered {args.offered:g}")  # fmt: skip
-    print(f"{'measure':<44}{'rate':>14}{'vs raw COPY':>14}")
-    print(f"{'raw COPY into readings (rows/s)':<44}{copy_rate:>14,.0f}{'1.00':>14}")
-    print(f"{'end to end, 10 readings/msg (readings/s)':<44}{ten['rows_per_s']:>14,.0f}"
-          f"{ten['rows_per_s'] / copy_rate:>14.2f}")  # fmt: skip
-    print(f"{'end to end, 1 reading/msg (messages/s)':<44}{one['msgs_per_s']:>14,.0f}"
-          f"{one['rows_per_s'] / copy_rate:>14.2f}")  # fmt: skip
+    print(f"raw COPY into readings: {copy_rate:,.0f} rows/s")
+    print(f"{'end to end':<40}{'1 worker':>14}{'2 workers':>14}{'offered (achieved)':>22}")
+    for n, unit, key in ((10, "readings/s", "rows_per_s"), (1, "messages/s", "msgs_per_s")):
+        one, two = runs[1][n], runs[2][n]
+        offer = f"{one['offered_msgs_per_s']:,.0f}/{two['offered_msgs_per_s']:,.0f} msg/s"
+        print(f"{f'{n}/msg ({unit})':<40}{one[key]:>14,.0f}{two[key]:>14,.0f}{offer:>22}")
+    print(f"{'10/msg vs raw COPY':<40}{runs[1][10]['rows_per_s'] / copy_rate:>14.2f}"
+          f"{runs[2][10]['rows_per_s'] / copy_rate:>14.2f}")  # fmt: skip
     for n, rate in alone.items():
         print(f"  publishers alone (no ingest, no subscriber), {n}/msg: {rate:,.0f} messages/s acknowledged")
-    for name, r in (("10/msg", ten), ("1/msg", one)):
-        print(f"  {name}: {r['msgs']:,}/{r['sent_msgs']:,} messages committed, {r['rows']:,} readings "
-              f"in {r['span_s']:.1f}s (first publish to last commit)")  # fmt: skip
-    ok = ten["msgs"] == ten["sent_msgs"] and one["msgs"] == one["sent_msgs"]
-    return 0 if ok else 1
+    for w, run in runs.items():
+        for n, r in run.items():
+            capped = (
+                "capped by the offer" if r["msgs_per_s"] >= 0.95 * r["offered_msgs_per_s"] else "ingest-bound"
+            )
+            print(f"  {w} worker(s), {n}/msg: {r['msgs']:,}/{r['sent_msgs']:,} messages committed, "
+                  f"{r['rows']:,} readings in {r['span_s']:.1f}s (first publish to last commit); "
+                  f"{capped}")  # fmt: skip
 
 
 if __name__ == "__main__":
