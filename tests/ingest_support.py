@@ -60,12 +60,15 @@ def status(device_id: str, state: str, ts: datetime) -> Message:
 
 
 @contextmanager
-def running_ingest(settings: Settings, name: str, **overrides: Any) -> Iterator[IngestService]:
-    """An in-process ingest worker for the block: a fresh client id and share group, 20 ms batches
-    (unless `overrides` say otherwise), subscribed before the block starts, stopped after it."""
+def running_ingest(
+    settings: Settings, name: str, *, share_group: str | None = None, **overrides: Any
+) -> Iterator[IngestService]:
+    """An in-process ingest worker for the block: a fresh client id, a fresh share group (unless
+    given: workers of one group split the load), 20 ms batches (unless `overrides` say otherwise),
+    subscribed before the block starts, stopped after it."""
     tuned = settings.model_copy(update={"flush_interval_ms": 20, **overrides})
     service = IngestService(
-        tuned, client_id=f"t-{name}-{secrets.token_hex(3)}", share_group=secrets.token_hex(4)
+        tuned, client_id=f"t-{name}-{secrets.token_hex(3)}", share_group=share_group or secrets.token_hex(4)
     )
     service.start()
     try:

@@ -39,7 +39,15 @@ from relay.rules import seed_defaults
 from relay.signing import IDEMPOTENCY_HEADER
 from tests.fix_stack import new_state_dir
 from tests.helpers import wait_for
-from tests.ingest_support import ROOT, Publisher, event, settle, start_ingest_process, telemetry
+from tests.ingest_support import (
+    ROOT,
+    Publisher,
+    event,
+    scraped_statuses,
+    settle,
+    start_ingest_process,
+    telemetry,
+)
 from tests.relay_support import Receiver, webhook_receiver
 
 pytestmark = pytest.mark.slow
@@ -219,7 +227,7 @@ def test_primary_killed_under_load_loses_nothing(ha_stack: Stack, reaper: _Reape
 def _run_failover(stack: Stack, settings: Settings, metrics: int, rx: Receiver, api: _Dashboard) -> None:
     url = settings.require_database_url()
     acked = _kill_primary_under_load(stack, settings, metrics)
-    settle(settings, DEVICE, [lambda: _committed(metrics)])
+    settle(settings, DEVICE, [scraped_statuses(metrics)])
     stored = _assert_stored_once(url, acked)
     _assert_alert_once(url, rx)
     api.assert_reads(sum(d == LOAD_DEVICES[0] for d, _ in stored))

@@ -30,29 +30,13 @@ from ingest.service import IngestService
 from ingest.validate import Event, Telemetry
 from pulsewire.settings import Settings
 from tests.fix_db import World
-from tests.ingest_support import Publisher, in_process_statuses, settle, telemetry
+from tests.ingest_support import Publisher, in_process_statuses, running_ingest, settle, telemetry
 
 Conn = psycopg.Connection[dict[str, Any]]
 # Odd: the broker alternates between the two workers message by message, so each stream is split.
 DEVICES = [f"scale-{i}" for i in range(7)]
 PER_DEVICE = 400  # within the per-device burst (5,000): nothing is rate limited
 CHUNK = 50
-
-
-@contextmanager
-def worker(settings: Settings, group: str, name: str) -> Iterator[IngestService]:
-    """An in-process ingest worker in the shared group `group`, subscribed before the block."""
-    service = IngestService(
-        settings.model_copy(update={"flush_interval_ms": 20}),
-        client_id=f"t-scale-{name}-{secrets.token_hex(3)}",
-        share_group=group,
-    )
-    service.start()
-    try:
-        assert service.wait_subscribed(15), "ingest never subscribed"
-        yield service
-    finally:
-        service.stop()
 
 
 def telemetry_count(service: IngestService) -> float:
@@ -72,7 +56,10 @@ def test_two_workers_split_gap_free_streams_without_gaps(
     for device in DEVICES:
         world.add_device(device, "implant")
     group = secrets.token_hex(4)
-    with worker(settings, group, "a") as a, worker(settings, group, "b") as b:
+    with (
+        running_ingest(settings, "scale-a", share_group=group) as a,
+        running_ingest(settings, "scale-b", share_group=group) as b,
+    ):
         statuses = [in_process_statuses(a), in_process_statuses(b)]
         settle(settings, DEVICES[0], statuses)  # both subscribed
         with Publisher(settings.mqtt()) as pub:
