@@ -295,7 +295,8 @@ def _hostile_run(
         stderr=subprocess.DEVNULL,
     )
     rate = args.hostile_rate if "flood" in parts else 0.0
-    flood, stop_flood = hostile.start_flood(info.mqtt_url, rate)
+    device_url = info.to_json()["mqtt_device_url"]
+    flood, stop_flood = hostile.start_flood(device_url, str(info.ca_file), rate)
     web = hostile.WebAttack(f"http://127.0.0.1:{port}", tenant["token"], enabled="web" in parts)
     try:
         _wait_http(f"http://127.0.0.1:{port}/healthz")

@@ -18,8 +18,10 @@ import secrets
 import socket
 import threading
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -165,10 +167,14 @@ def _backlog(c: Any, org: int, vendor: int, hooks: list[int]) -> None:
     )
 
 
-def flood(mqtt_url: str, rate: float, stop: Any) -> None:
-    """Publish ~rate events/s from org A's first device until `stop` is set (its own process)."""
+def flood(device_url: str, ca_file: str, rate: float, stop: Any) -> None:
+    """Publish ~rate events/s from org A's first device until `stop` is set (its own process).
+
+    The device logs in with its password on the devices' TLS listener at `device_url`.
+    """
     device = DEVICES[0]
-    client = pacing.client(MqttTarget.parse(mqtt_url), device, device, PASSWORD)
+    target = replace(MqttTarget.parse(device_url), ca_file=Path(ca_file))
+    client = pacing.client(target, device, (device, PASSWORD))
     for seq in pacing.paced(rate, stop):
         now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         body = {
@@ -274,10 +280,10 @@ class WebAttack:
                 self.stop.wait(0.05)
 
 
-def start_flood(mqtt_url: str, rate: float) -> tuple[mp.Process, Any]:
+def start_flood(device_url: str, ca_file: str, rate: float) -> tuple[mp.Process, Any]:
     """The flooding device, in its own process; set the returned event to stop it."""
     stop = mp.Event()
-    proc = mp.Process(target=flood, args=(mqtt_url, rate, stop), daemon=True)
+    proc = mp.Process(target=flood, args=(device_url, ca_file, rate, stop), daemon=True)
     proc.start()
     return proc, stop
 

@@ -6,20 +6,18 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
+from pulsewire import mqtt
 from pulsewire.settings import MqttTarget
 
 
-def client(
-    target: MqttTarget, client_id: str, username: str | None = None, password: str | None = None
-) -> Any:
-    """A started MQTT 5 paho client, logged in as `username` (the target's login by default)."""
-    made = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    made.username_pw_set(username or target.username, password or target.password)
+def client(target: MqttTarget, client_id: str, login: tuple[str, str] | None = None) -> Any:
+    """A started MQTT 5 paho client on `target` (TLS as it says), as `login` or the target's own."""
+    options = mqtt.ConnectOptions.from_target(target, client_id)
+    if login is not None:
+        options = options.login(*login)
+    made = mqtt.paho_client(options)
     made.max_inflight_messages_set(1000)
-    made.connect(target.host, target.port)
+    mqtt.paho_connect(made, options)
     made.loop_start()
     return made
 
