@@ -142,6 +142,9 @@ class RawPublisher:
         self.acked += whole // 4
         self._pending = data[whole:]
 
+    def close(self) -> None:
+        self.sock.close()
+
 
 def _readings(stamp: str, seq: int, per_msg: int) -> str:
     return ",".join(
@@ -154,7 +157,12 @@ def publisher(url: str, devices: list[str], per_msg: int, duration_s: float, boo
               go: Any, results: Any, rate: float = 0.0) -> None:  # fmt: skip
     """One publisher process: QoS 1 telemetry from `devices` round-robin for `duration_s`, at most
     `rate` messages/s (0: flat out)."""
-    client = RawPublisher(MqttTarget.parse(url), f"bench-pub-{os.getpid()}")
+    if url.startswith("mqtts://"):  # --tls: one mTLS connection a device (bench/tls_publishers.py)
+        from bench.tls_publishers import DevicePublishers
+
+        client: RawPublisher | DevicePublishers = DevicePublishers(url, devices)
+    else:
+        client = RawPublisher(MqttTarget.parse(url), f"bench-pub-{os.getpid()}")
     seqs = dict.fromkeys(devices, 0)
     topic_of = {dev: telemetry_topic(dev).encode() for dev in devices}
     go.wait()
@@ -181,7 +189,7 @@ def publisher(url: str, devices: list[str], per_msg: int, duration_s: float, boo
     deadline = time.time() + 60
     while client.acked < client.sent and time.time() < deadline:
         client.read_acks(wait=True)
-    client.sock.close()
+    client.close()
     results.put((started, client.sent, client.sent * per_msg))
 
 
@@ -265,14 +273,15 @@ def start_ingest(
 
 
 def with_workers(workers: int, info: StackInfo, state: Path, devices: list[str],
-                 args: argparse.Namespace) -> dict[int, dict[str, float]]:  # fmt: skip
-    """End to end at 10 and 1 readings a message with `workers` ingest processes in one share group."""
+                 args: argparse.Namespace, *, pub_url: str = "") -> dict[int, dict[str, float]]:  # fmt: skip
+    """End to end at 10 and 1 readings a message with `workers` ingest processes in one share group
+    (the publishers on `pub_url`, by default ingest's `mqtt_url`)."""
     url, mqtt_url = info.database_url, info.mqtt_url
     ids = [f"bench-ingest-{workers}-{i}" for i in range(workers)]
     procs = [start_ingest(url, mqtt_url, state, cid, f"bench{workers}") for cid in ids]
     try:
         time.sleep(3.0)  # connect, subscribe, storage maintenance
-        return {n: end_to_end(url, mqtt_url, devices, n, args) for n in (10, 1)}
+        return {n: end_to_end(url, pub_url or mqtt_url, devices, n, args) for n in (10, 1)}
     finally:
         for proc in procs:
             proc.terminate()
@@ -292,6 +301,8 @@ def main() -> int:
         default=1.5,
         help="publish at this multiple of the target rate (bounds the broker backlog)",
     )
+    parser.add_argument("--tls", action="store_true",
+                        help="also run each measure with the devices on the mTLS listener")  # fmt: skip
     args = parser.parse_args()
     load_before = os.getloadavg()
     state = Path(tempfile.mkdtemp(prefix="pulsewire-bench-"))
@@ -304,11 +315,22 @@ def main() -> int:
         copy_rate = raw_copy_rate(info.database_url)
         alone = {n: publishers_alone(info.mqtt_url, devices, n, args) for n in (10, 1)}
         runs = {w: with_workers(w, info, state, devices, args) for w in (1, 2)}
+        tls: tuple[dict[int, float], Runs] | None = None
+        if args.tls:
+            from bench import tls_publishers
+
+            tls_url = tls_publishers.prepare(stack, devices, state / "bench-certs")
+            tls_alone = {n: publishers_alone(tls_url, devices, n, args) for n in (10, 1)}
+            tls_runs = {w: with_workers(w, info, state, devices, args, pub_url=tls_url) for w in (1, 2)}
+            tls = (tls_alone, tls_runs)
     finally:
         stack.down()
         shutil.rmtree(state, ignore_errors=True)
     report(args, copy_rate, alone, runs, load_before)
-    return 0 if all(r["msgs"] == r["sent_msgs"] for run in runs.values() for r in run.values()) else 1
+    if tls:
+        tls_publishers.report(alone, runs, *tls)
+    checked = [*runs.values(), *(tls[1].values() if tls else ())]
+    return 0 if all(r["msgs"] == r["sent_msgs"] for run in checked for r in run.values()) else 1
 
 
 Runs = dict[int, dict[int, dict[str, float]]]  # {workers: {readings a message: figures}}
@@ -320,7 +342,8 @@ def report(args: argparse.Namespace, copy_rate: float, alone: dict[int, float], 
     print(f"machine: {machine()}")
     print(f"load average (1, 5, 15 min): before {load_before}, after {os.getloadavg()}")
     print(f"command: .venv/bin/python -m bench.ingest_bench --duration {args.duration:g} "
-          f"--publishers {args.publishers} --devices {args.devices} --offered {args.offered:g}")  # fmt: skip
+          f"--publishers {args.publishers} --devices {args.devices} --offered {args.offered:g}"
+          f"{' --tls' * args.tls}")  # fmt: skip
     print(f"raw COPY into readings: {copy_rate:,.0f} rows/s")
     print(f"{'end to end':<40}{'1 worker':>14}{'2 workers':>14}{'offered (achieved)':>22}")
     for n, unit, key in ((10, "readings/s", "rows_per_s"), (1, "messages/s", "msgs_per_s")):
