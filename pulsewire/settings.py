@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pulsewire.errors import ConfigError
+
+
+def _half_the_cores() -> int:
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 class Settings(BaseSettings):
@@ -82,7 +87,9 @@ class Settings(BaseSettings):
     login_failures_per_account_max: int = Field(default=10, ge=1, le=100_000)
     login_failures_per_address_max: int = Field(default=50, ge=1, le=100_000)
     login_window_s: int = Field(default=300, ge=1, le=86_400)
-    login_argon2_concurrency_max: int = Field(default=4, ge=1, le=256)
+    # argon2 (64 MiB, 4 lanes) saturates a core per hash: by default at most half the cores hash
+    # passwords at once, so a burst of sign-ins cannot starve ingest, rules and deliveries
+    login_argon2_concurrency_max: int = Field(default_factory=_half_the_cores, ge=1, le=256)
     # commands and accounts: commands per device in a moving window, counted across every
     # dashboard process, so a stolen clinic login cannot drain an implant's battery
     command_limit_per_device: int = Field(default=6, ge=1, le=10_000)

@@ -187,7 +187,7 @@ def _rules(api: httpx.Client, answers: Answers, conn_url: str, org_id: int) -> N
 
 def _flood(settings: Settings) -> None:
     device = HOSTILE_DEVICES[0]
-    publisher = Publisher(settings.mqtt(), device, HOSTILE_PASSWORD)
+    publisher = Publisher(settings.mqtt().devices or settings.mqtt(), device, HOSTILE_PASSWORD)
     try:
         now = datetime.now(UTC)
         publisher.publish_all(
@@ -261,7 +261,7 @@ class Background:
 
 def _probe_red_alert(settings: Settings, device: str, password: str, receiver: Receiver) -> float:
     """Publish a device reset (a red alert) and return seconds until B's webhook got it."""
-    publisher = Publisher(settings.mqtt(), device, password)
+    publisher = Publisher(settings.mqtt().devices or settings.mqtt(), device, password)
     try:
         sent = time.perf_counter()
         publisher.publish_all([event(device, 1, "device_reset", {"reason": "watchdog"})])
