@@ -39,7 +39,6 @@ def installed_storages() -> tuple[Storage, ...]:
     return ("native", "timescale") if bindir and timescaledb_available(bindir) else ("native",)
 
 
-
 def pytest_report_header(config: pytest.Config) -> str:
     if "timescale" in installed_storages():
         return "storage: native and TimescaleDB; storage-dependent tests run on each"
