@@ -76,7 +76,7 @@ def _load(mqtt_url: str, rate: float, stop: Any) -> None:
         body = {
             "schema": "pulsewire.telemetry/1",
             "device_id": device,
-            "boot_id": "bench",
+            "boot_id": f"bench-{os.getpid()}",  # a second run must not be deduplicated as a resend
             "seq": seq,
             "sent_at": _iso(now),
             "readings": readings,

@@ -301,6 +301,12 @@ def ledger(db_url: str, org: int) -> dict[str, int]:
         quarantined = c.execute(
             "SELECT count(*) AS n FROM quarantine WHERE device_id = ANY(%s)", (DEVICES,)
         ).fetchone()
+        others = c.execute(
+            "SELECT reason, sum(copies) AS n FROM quarantine WHERE NOT coalesce(device_id = ANY(%s), false)"
+            " GROUP BY reason",
+            (DEVICES,),
+        ).fetchall()
+        print("others quarantined:", {r["reason"]: int(r["n"]) for r in others})
     assert row is not None and quarantined is not None
     return {
         **{f"hostile_deliveries_{k}": int(v) for k, v in row.items()},
