@@ -306,9 +306,10 @@ def ledger(db_url: str, org: int) -> dict[str, int]:
             " GROUP BY reason",
             (DEVICES,),
         ).fetchall()
-        print("others quarantined:", {r["reason"]: int(r["n"]) for r in others})
+
     assert row is not None and quarantined is not None
     return {
         **{f"hostile_deliveries_{k}": int(v) for k, v in row.items()},
         "hostile_quarantined": int(quarantined["n"]),
+        "others_quarantined": sum(int(r["n"]) for r in others),
     }
