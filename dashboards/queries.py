@@ -255,8 +255,10 @@ async def _readings(conn: AConn, q: ReadingsQuery) -> tuple[list[Row], bool]:
     if rollups.uses_rollups(q.bucket, q.start, q.end):
         # Whole-hour buckets: hourly rollups, raw rows only at the edges and for the newest hours,
         # so a year of daily buckets costs some 8,760 rollup rows, not a year of raw readings.
-        sql = rollups.bucketed_sql(q.agg, metric_match, group, keys)
-        cur = await conn.execute(sql, params | rollups.range_params(q.start, q.end))
+        params |= rollups.range_params(q.start, q.end)
+        mark = await (await conn.execute(rollups.mark_sql(), params)).fetchone()
+        params |= rollups.range_params(q.start, q.end, mark["mark"] if mark else None)
+        cur = await conn.execute(rollups.bucketed_sql(q.agg, metric_match, group, keys), params)
         return await cur.fetchall(), False
     cur = await conn.execute(
         f"""SELECT {group}, pw_bucket(%(bucket)s, ts) AS ts, {AGGREGATES[q.agg]} AS value, count(*) AS n

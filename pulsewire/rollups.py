@@ -57,29 +57,44 @@ def uses_rollups(bucket: timedelta | None, start: datetime, end: datetime) -> bo
 def bucketed_sql(agg: str, metric_match: str, group: str, keys: str) -> str:
     """SELECT (metric, ts, value, n) per bucket from rollups, plus raw rows at the edges and the tail.
 
-    Parameters: `device_id`, `start`, `end`, `bucket`, what `metric_match` names, and `range_params`.
-    `pw_rollup_mark(device)` (per storage, migration 0050) is the hour from which rollups are not
-    trusted for that device: its effective watermark on native storage, infinity on TimescaleDB.
+    Parameters: `device_id`, `start`, `end`, `bucket`, what `metric_match` names, and those of
+    `range_params`. Every time bound is a constant, so the planner reads only the partitions or
+    chunks each part needs: a bound computed inside the statement (a join or a sub-select) made it
+    scan every partition of the raw table for the tail.
     """
     return f"""
-        WITH w AS (SELECT GREATEST(%(inner_start)s,
-                                   LEAST(%(inner_end)s, pw_rollup_mark(%(device_id)s))) AS rolled_end),
-        parts AS (
-            SELECT metric, bucket AS ts, n, sum, min, max, last, last_ts FROM readings_1h, w
+        WITH parts AS (
+            SELECT metric, bucket AS ts, n, sum, min, max, last, last_ts FROM readings_1h
             WHERE device_id = %(device_id)s AND {metric_match}
-              AND bucket >= %(inner_start)s AND bucket < w.rolled_end
+              AND bucket >= %(inner_start)s AND bucket < %(rolled_end)s
             UNION ALL
-            SELECT metric, ts, 1, value, value, value, value, ts FROM readings, w
-            WHERE device_id = %(device_id)s AND {metric_match}
-              AND ((ts >= %(start)s AND ts < %(inner_start)s) OR (ts >= w.rolled_end AND ts < %(end)s)))
+            SELECT metric, ts, 1, value, value, value, value, ts FROM readings
+            WHERE device_id = %(device_id)s AND {metric_match} AND ts >= %(start)s AND ts < %(inner_start)s
+            UNION ALL
+            SELECT metric, ts, 1, value, value, value, value, ts FROM readings
+            WHERE device_id = %(device_id)s AND {metric_match} AND ts >= %(rolled_end)s AND ts < %(end)s)
         SELECT {group}, pw_bucket(%(bucket)s, ts) AS ts, {ROLLUP_AGGREGATES[agg]} AS value,
                sum(n)::bigint AS n
         FROM parts GROUP BY {keys} ORDER BY {keys}"""
 
 
-def range_params(start: datetime, end: datetime) -> dict[str, datetime]:
-    """The whole hours inside [start, end), as `inner_start` and `inner_end`."""
-    return {"inner_start": _ceil_hour(start), "inner_end": _floor_hour(end)}
+def mark_sql() -> str:
+    """Where the device's rollups end, capped at `inner_end`: parameters `device_id`, `inner_end`.
+
+    `pw_rollup_mark` (migration 0050, per storage) is the hour from which a device's rollups are not
+    trusted: its effective watermark on native storage, infinity on TimescaleDB (whose aggregate
+    reads the newest hours raw itself). A statement of its own, before the query: a write that marks
+    an older hour dirty after it is simply later than the answer.
+    """
+    return "SELECT LEAST(pw_rollup_mark(%(device_id)s), %(inner_end)s) AS mark"
+
+
+def range_params(start: datetime, end: datetime, mark: datetime | None = None) -> dict[str, datetime]:
+    """The whole hours inside [start, end) (`inner_start`, `inner_end`) and where rollups end
+    (`rolled_end`: `mark`, what `mark_sql` answered, kept inside them)."""
+    inner_start, inner_end = _ceil_hour(start), _floor_hour(end)
+    rolled_end = max(inner_start, min(inner_end, mark or inner_end))
+    return {"inner_start": inner_start, "inner_end": inner_end, "rolled_end": rolled_end}
 
 
 def _floor_hour(ts: datetime) -> datetime:
