@@ -111,15 +111,21 @@ class InFlight:
             with self._lock:
                 self._webhooks.add(webhook_id)
 
-    def release(self, org_id: int, webhook_id: int | None) -> None:
-        """Give back the thread of a reservation (and the webhook of its row, if any)."""
+    def release(self, org_id: int, webhook_id: int | None, *, sent: bool = True) -> None:
+        """Give back the thread of a reservation (and the webhook of its row, if any).
+
+        `on_release` is called only when a send ended (`sent`): a reservation that found nothing to
+        claim freed nothing another thread could use, and waking the threads for it made them spin
+        on claims while a row of the same org or webhook was being sent.
+        """
         with self._lock:
             self._orgs[org_id] -= 1
             if self._orgs[org_id] <= 0:
                 del self._orgs[org_id]
             if webhook_id is not None:
                 self._webhooks.discard(webhook_id)
-        self._on_release()
+        if sent:
+            self._on_release()
 
 
 def deliver_one(
@@ -150,7 +156,7 @@ def _claim(conn: Conn, flight: InFlight) -> dict[str, Any] | None:
         if row is not None:
             flight.start(row["webhook_id"])
             return row
-        flight.release(org_id, None)
+        flight.release(org_id, None, sent=False)
     return None
 
 

@@ -500,3 +500,36 @@ def test_api_refuses_bad_webhook_urls_with_422_naming_url(
         assert (changed.json()["url"], changed.json()["enabled"]) == ("https://1.0.0.1/in", False)
         with client(server, users.tokens["provider2"]) as other:
             assert_error(other.patch(f"/api/v1/webhooks/{hook_id}", json={"enabled": True}), 404)
+
+
+def _commits(conn: Conn) -> int:
+    row = conn.execute(
+        "SELECT xact_commit + xact_rollback AS n FROM pg_stat_database WHERE datname = current_database()"
+    ).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def test_threads_that_find_nothing_to_claim_wait_instead_of_spinning(
+    conn: Conn, world: World, settings: Settings
+) -> None:
+    """A row held by a tarpit and its webhook's other due rows: the other threads wait for a wake-up.
+
+    They used to wake one another each time a claim found nothing, so they ran claim after claim
+    (a CPU each) for as long as the tarpit held on.
+    """
+    world.add_device("veh-spin", kind="vehicle")
+    world.add_device("veh-spin-2", kind="vehicle")
+    with relay(settings, delivery_threads=3, webhook_timeout_s=120), raw_server(tarpit) as pit:
+        store.create_webhook(conn, world.garage_id, pit.url, egress=DEV)
+        _alert(conn, "veh-spin")
+        _alert(conn, "veh-spin-2")  # a second due row for the busy webhook: not claimable meanwhile
+        wait_for(lambda: pit.open_now >= 1, what="the tarpit holding a delivery thread")
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        before = _commits(conn)
+        threading.Event().wait(3.0)  # statistics reach pg_stat_database about once a second
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        per_s = (_commits(conn) - before) / 3.0
+        pit.stop.set()
+    # Polling: each loop of the worker wakes every 0.1 s (some 10 transactions a second each).
+    assert per_s < 200, f"{per_s:.0f} transactions/s while one delivery was in flight"
