@@ -32,7 +32,7 @@ from psycopg.types.json import Jsonb
 from relay import alerts
 from relay.evaluate import Clear, Event, Fire, Item, Sample, Signal, State, relevant, step
 from relay.faults import RuleFault, defer_device, record_rule_faults
-from relay.rules import Rule, usable_rules
+from relay.rules import EFFECTIVE_SQL, Rule, usable_rules_of
 
 Conn = psycopg.Connection[dict[str, Any]]
 LOCK_CLASS = 0x50570001  # advisory lock namespace: per-device evaluation
@@ -119,9 +119,7 @@ def _evaluate_one(conn: Conn, device_id: str, cfg: EngineConfig) -> int:
 
 def lock_device(conn: Conn, device_id: str) -> bool:
     """Take the device's evaluation lock for this transaction, or False when another worker has it."""
-    row = conn.execute(
-        "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s)) AS got", (LOCK_CLASS, device_id)
-    ).fetchone()
+    row = conn.execute(_LOCK, (LOCK_CLASS, device_id)).fetchone()
     return bool(row and row["got"])
 
 
@@ -133,43 +131,59 @@ def evaluate_device(
     Returns 0 without doing anything when another worker holds the device. A rule that fails is
     skipped for this device, its fault appended to `faults` for the caller to record once committed.
     """
-    if not lock_device(conn, device_id):
-        return 0
-    queue = conn.execute(
-        "SELECT eval_id, min_ts, max_ts, xmin::text AS xid FROM eval_queue WHERE device_id = %s"
-        " ORDER BY eval_id",
-        (device_id,),
-    ).fetchall()
-    if not queue:
+    # Everything a device's evaluation reads first, in one round trip (a pipeline). All of it is
+    # read from the transaction's one snapshot, which the lock statement takes; without the lock
+    # the rest is simply dropped.
+    with conn.pipeline():
+        lock = conn.execute(_LOCK, (LOCK_CLASS, device_id))
+        queued = conn.execute(_QUEUED, (device_id,))
+        known = conn.execute("SELECT * FROM devices WHERE device_id = %s", (device_id,))
+        effective = conn.execute(EFFECTIVE_SQL, (device_id,))
+        states = conn.execute("SELECT rule_key, state FROM rule_state WHERE device_id = %s", (device_id,))
+    got = lock.fetchone()
+    queue = queued.fetchall()
+    if not (got and got["got"]) or not queue:
         return 0
     ids = [int(q["eval_id"]) for q in queue]
-    device = conn.execute("SELECT * FROM devices WHERE device_id = %s", (device_id,)).fetchone()
+    device = known.fetchone()
+    batch: _Batch | None = None
+    hi = max(q["max_ts"] for q in queue)
     if device is not None:
-        lo, hi = min(q["min_ts"] for q in queue), max(q["max_ts"] for q in queue)
-        batch = _evaluate_range(conn, device, (lo, hi, sorted({str(q["xid"]) for q in queue})), cfg)
+        lo = min(q["min_ts"] for q in queue)
+        rules, rule_faults = usable_rules_of(effective.fetchall(), device_id)
+        batch = _Batch(
+            device,
+            rules,
+            {r["rule_key"]: dict(r["state"]) for r in states.fetchall()},
+            cfg,
+            datetime.now(UTC),
+            faults=rule_faults,
+        )
+        _evaluate_range(conn, batch, (lo, hi, sorted({str(q["xid"]) for q in queue})))
         if faults is not None:
             faults += batch.faults
-    conn.execute(
-        "WITH done AS (DELETE FROM eval_queue WHERE eval_id = ANY(%s))"
-        " DELETE FROM eval_retry WHERE device_id = %s",
-        (ids, device_id),
-    )
+    with conn.pipeline():  # the writes, in one round trip too (results are read only where needed)
+        if batch is not None:
+            _save(conn, batch, hi)
+        conn.execute(
+            "WITH done AS (DELETE FROM eval_queue WHERE eval_id = ANY(%s))"
+            " DELETE FROM eval_retry WHERE device_id = %s",
+            (ids, device_id),
+        )
     return len(ids)
 
 
-def _evaluate_range(
-    conn: Conn, device: dict[str, Any], span: tuple[datetime, datetime, list[str]], cfg: EngineConfig
-) -> _Batch:
+_LOCK = "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s)) AS got"
+_QUEUED = (
+    "SELECT eval_id, min_ts, max_ts, xmin::text AS xid FROM eval_queue WHERE device_id = %s ORDER BY eval_id"
+)
+
+
+def _evaluate_range(conn: Conn, batch: _Batch, span: tuple[datetime, datetime, list[str]]) -> None:
     lo, hi, xids = span
-    device_id = device["device_id"]
-    rules, faults = usable_rules(conn, device_id)
-    stored = conn.execute(
-        "SELECT rule_key, state FROM rule_state WHERE device_id = %s", (device_id,)
-    ).fetchall()
-    batch = _Batch(device, rules, {r["rule_key"]: dict(r["state"]) for r in stored}, cfg, datetime.now(UTC))
+    device_id, rules, stored = batch.device["device_id"], batch.rules, batch.states
     # Serialized copies: states hold nested windows that rules mutate in place.
-    batch.loaded = {r["rule_key"]: _dump(r["state"]) for r in stored}
-    batch.faults += faults
+    batch.loaded = {key: _dump(state) for key, state in stored.items()}
     items = fetch_items(conn, device_id, rules, lo - timedelta(microseconds=1), hi, xids=xids)
     late: dict[str, list[Item]] = {}
     for rule in rules:
@@ -180,8 +194,6 @@ def _evaluate_range(
     if late:
         _evaluate_late(conn, batch, late)
     _clear_silence(conn, batch, hi)
-    _save(conn, batch, hi)
-    return batch
 
 
 @contextmanager
@@ -261,16 +273,18 @@ def fetch_items(
     tail = f" ORDER BY ts DESC LIMIT {int(limit)}" if limit else " ORDER BY ts"
     own = " AND xmin = ANY(%s::xid[])" if xids is not None else ""
     extra = (xids,) if xids is not None else ()
-    readings = conn.execute(
-        "SELECT ts, metric, value FROM readings WHERE device_id = %s AND ts > %s AND ts <= %s"
-        " AND metric = ANY(%s)" + own + tail,
-        (device_id, after, upto, metrics, *extra),
-    ).fetchall()
-    events = conn.execute(
-        "SELECT ts, type, data FROM events WHERE device_id = %s AND ts > %s AND ts <= %s"
-        " AND type = ANY(%s)" + own + tail,
-        (device_id, after, upto, types, *extra),
-    ).fetchall()
+    with conn.pipeline():  # both reads in one round trip
+        readings_cur = conn.execute(
+            "SELECT ts, metric, value FROM readings WHERE device_id = %s AND ts > %s AND ts <= %s"
+            " AND metric = ANY(%s)" + own + tail,
+            (device_id, after, upto, metrics, *extra),
+        )
+        events_cur = conn.execute(
+            "SELECT ts, type, data FROM events WHERE device_id = %s AND ts > %s AND ts <= %s"
+            " AND type = ANY(%s)" + own + tail,
+            (device_id, after, upto, types, *extra),
+        )
+    readings, events = readings_cur.fetchall(), events_cur.fetchall()
     items: list[tuple[datetime, int, Item]] = [
         (r["ts"], 0, Sample(r["ts"], r["metric"], float(r["value"]))) for r in readings
     ]

@@ -7,6 +7,7 @@ device > model > kind, and a provider's own rule beats the global default at the
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -357,7 +358,7 @@ def rule_from_row(row: dict[str, Any]) -> Rule:
 
 
 # The narrowest rule of each key wins; DISTINCT ON keeps the first row of each key in this order.
-_EFFECTIVE = """
+EFFECTIVE_SQL = """
 SELECT DISTINCT ON (r.key) r.*
 FROM rules r JOIN devices d ON d.device_id = %s
 WHERE r.device_kind = d.kind
@@ -382,14 +383,45 @@ def usable_rules(
     Rows stored before validation existed (or written around it) are checked here again, so a bad
     one is skipped for this device instead of failing the evaluation of every other rule.
     """
+    return usable_rules_of(conn.execute(EFFECTIVE_SQL, (device_id,)).fetchall(), device_id, kinds)
+
+
+def usable_rules_of(
+    rows: list[dict[str, Any]], device_id: str, kinds: tuple[str, ...] = KINDS
+) -> tuple[list[Rule], list[RuleFault]]:
+    """`usable_rules` from rows already read with `EFFECTIVE_SQL` (the engine reads them in a pipeline)."""
     rules: list[Rule] = []
     faults: list[RuleFault] = []
-    for row in conn.execute(_EFFECTIVE, (device_id,)).fetchall():
+    for row in rows:
         if not row["enabled"] or row["kind"] not in kinds:
             continue
+        rule = _checked_rule(row)
+        if isinstance(rule, Rule):
+            rules.append(rule)
+        else:  # any malformed row is that rule's fault, and only its own
+            faults.append(RuleFault.of(int(row["rule_id"]), str(row["key"]), device_id, rule))
+    return rules, faults
+
+
+# What a rule's validation depends on, and its verdict: a Rule or the exception that refused it.
+# Rows are validated once per content, not once per device evaluation; rules are shared read-only.
+_RULE_FIELDS = (
+    "rule_id", "key", "name", "device_kind", "kind", "params", "severity", "class", "auto_resolve",
+)  # fmt: skip
+_CHECKED: dict[str, Rule | Exception] = {}
+_CHECKED_MAX = 4096
+
+
+def _checked_rule(row: dict[str, Any]) -> Rule | Exception:
+    content = json.dumps([row[f] for f in _RULE_FIELDS], sort_keys=True, default=str)
+    verdict = _CHECKED.get(content)
+    if verdict is None:
         try:
             validate(row["device_kind"], row["kind"], row["params"], row["severity"], row["class"])
-            rules.append(rule_from_row(row))
-        except Exception as exc:  # any malformed row is that rule's fault, and only its own
-            faults.append(RuleFault.of(int(row["rule_id"]), str(row["key"]), device_id, exc))
-    return rules, faults
+            verdict = rule_from_row(row)
+        except Exception as exc:
+            verdict = exc
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()  # edited rules leave old entries behind: start again
+        _CHECKED[content] = verdict
+    return verdict
