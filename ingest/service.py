@@ -1,8 +1,12 @@
 """An ingest worker: a network thread (MQTT + validation) and a writer thread (commit), batches between.
 
 The network thread drives paho itself (`Consumer.pump`), validates each message as it arrives and
-builds batches (`batch_max_rows` rows or `flush_interval_ms`); it hands whole batches to the writer
-thread over a bounded queue (`HANDOFF_BATCHES`). When that queue is full the network thread stops
+builds batches; it hands whole batches to the writer thread over a bounded queue (`HANDOFF_BATCHES`).
+A batch goes when it is full (`batch_max_rows`), 2 ms after its first message when the writer is
+idle, or `flush_interval_ms` after it while the writer is busy; and a writer that finishes a commit
+with nothing queued takes the batch being built at once. So a message waits at most for the commit
+in progress (group commit: batches grow with the writer's commit time), never for a timer while the
+writer is idle. When the queue is full the network thread stops
 reading the socket and the broker holds the rest (backpressure, not memory growth). The writer thread
 commits each batch in one transaction and only then passes its acks back; the network thread sends
 them, a batch at a time. A crash loses nothing, and a redelivery is deduplicated by `ingest_log`.
@@ -82,6 +86,11 @@ class IngestService:
         self._budget = DeviceBudget(settings.device_rate_msgs_per_s, settings.device_burst_msgs)
         self._consumer = Consumer(settings.mqtt(), client_id, self._receive, shared_topics(share_group))
         self._batch = _Batch()
+        # Guards `_batch` (built by the network thread, taken by a writer that finished a commit)
+        # and `_handing` (a batch taken for the queue but not in it yet: the writer waits for it, so
+        # batches are committed in the order they were built).
+        self._batch_lock = threading.Lock()
+        self._handing = False
         self._net = threading.Thread(target=self._net_loop, name=f"ingest-net-{client_id}", daemon=True)
         self._thread = threading.Thread(
             target=self._write_loop, name=f"ingest-writer-{client_id}", daemon=True
@@ -141,9 +150,11 @@ class IngestService:
         when the writer is idle, 2 ms after its first message.
         """
         max_rows, flush_s = self.settings.batch_max_rows, self.settings.flush_interval_ms / 1000
-        deadline = 0.0
+        deadline, building = 0.0, self._batch
         while self._batch.rows < max_rows and not self._intake_closed.is_set():
-            if not self._batch.raws:
+            if building is not self._batch:  # the writer took the batch: a new one begins
+                deadline, building = 0.0, self._batch
+            if not building.raws:
                 timeout = _POLL_S
             else:
                 deadline = deadline or time.monotonic() + (flush_s if self._writer_busy() else _IDLE_FLUSH_S)
@@ -154,7 +165,9 @@ class IngestService:
                     timeout = _BUSY_POLL_S
             self._consumer.pump(timeout, lambda: self._batch.rows >= max_rows)
             self._send_acks()
-        batch, self._batch = self._batch, _Batch()
+        with self._batch_lock:
+            batch, self._batch = self._batch, _Batch()
+            self._handing = bool(batch.raws)
         return batch
 
     def _receive(self, raw: Raw) -> None:
@@ -162,23 +175,29 @@ class IngestService:
         # unacked, so the broker resends it on this session's next connection.
         if self._intake_closed.is_set():
             return
-        batch = self._batch
-        if raw[0].startswith(REPLAY_PREFIX):
-            batch.replayed.add(len(batch.raws))
+        replayed = raw[0].startswith(REPLAY_PREFIX)
+        if replayed:
             raw = (unreplayed(raw[0]), *raw[1:])
         item = self._validate(raw)
-        batch.raws.append(raw)
-        batch.items.append(item)
-        batch.rows += len(item.readings) if isinstance(item, Telemetry) else 1
+        with self._batch_lock:
+            batch = self._batch
+            if replayed:
+                batch.replayed.add(len(batch.raws))
+            batch.raws.append(raw)
+            batch.items.append(item)
+            batch.rows += len(item.readings) if isinstance(item, Telemetry) else 1
 
     def _hand_off(self, batch: _Batch | None) -> None:
         # Blocking here is the backpressure: the socket is not read meanwhile.
-        while not self._abandon.is_set():
-            try:
-                self._handoff.put(batch, timeout=_POLL_S)
-                return
-            except queue.Full:
-                self._send_acks()
+        try:
+            while not self._abandon.is_set():
+                try:
+                    self._handoff.put(batch, timeout=_POLL_S)
+                    return
+                except queue.Full:
+                    self._send_acks()
+        finally:
+            self._handing = False
 
     def _send_acks(self) -> None:
         acks = self._acks
@@ -193,12 +212,17 @@ class IngestService:
     # -- writer thread --------------------------------------------------------------------------
 
     def _write_loop(self) -> None:
+        committed = False  # the last turn committed a batch: the writer looks for the next itself
         while not self._abandon.is_set():  # set by stop() once the writer has had its time
             self._maybe_maintain()
-            try:
-                batch = self._handoff.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
+            batch = self._take_building() if committed else None
+            if batch is None:
+                try:
+                    batch = self._handoff.get(timeout=_POLL_S)
+                except queue.Empty:
+                    committed = False
+                    continue
+            committed = True
             self._writing = True
             try:
                 if batch is not None:
@@ -207,6 +231,18 @@ class IngestService:
                     return
             finally:
                 self._writing = False
+
+    def _take_building(self) -> _Batch | None:
+        """The batch the network thread is building, when nothing is queued or on its way to the
+        queue: a writer that just finished a commit takes it at once instead of idling until the
+        network thread's next deadline."""
+        if self._intake_closed.is_set():
+            return None
+        with self._batch_lock:
+            if self._handing or not self._handoff.empty() or not self._batch.raws:
+                return None
+            batch, self._batch = self._batch, _Batch()
+        return batch
 
     def _writer_busy(self) -> bool:
         return self._writing or not self._handoff.empty()
