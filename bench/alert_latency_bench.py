@@ -98,12 +98,12 @@ class _Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                at = time.perf_counter()
+                at, wall = time.perf_counter(), time.time()
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                receiver.record(at, body, self.headers.get("Pulsewire-Signature", ""))
+                receiver.record((at, wall), body, self.headers.get("Pulsewire-Signature", ""))
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -112,14 +112,15 @@ class _Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def record(self, at: float, body: bytes, signature: str) -> None:
+    def record(self, when: tuple[float, float], body: bytes, signature: str) -> None:
         if not verify(self.secret, signature, body, 300):
             self.bad_signatures += 1
         data = json.loads(body)
         probe = data["alert"]["values"].get("probe")
         if data["event"] == "opened" and probe is not None:
             with self.got:
-                self.arrivals.setdefault(int(probe), at)
+                self.arrivals.setdefault(int(probe), when[0])
+                _ARRIVED_WALL.setdefault(int(probe), when[1])
                 self.got.notify_all()
 
 
@@ -167,8 +168,13 @@ def _probe(client: mqtt.Client, n: int) -> float:
     }
     payload = json.dumps(body)
     sent = time.perf_counter()
+    _SENT_WALL[n] = time.time()
     client.publish(topics.event(PROBE), payload, qos=1)
     return sent
+
+
+_SENT_WALL: dict[int, float] = {}  # probe -> wall clock at publish, for the publish -> ingest stage
+_ARRIVED_WALL: dict[int, float] = {}  # probe -> wall clock at the webhook's arrival
 
 
 _CLI = [sys.executable, "-c", "from pulsewire.cli import main; import sys; sys.exit(main(sys.argv[1:]))"]
@@ -249,7 +255,9 @@ def _stages(conn: Any, since: datetime) -> dict[str, float]:
     """Where the time goes, from database clocks: ingest start -> evaluation start -> delivered."""
     rows = conn.execute(
         """SELECT extract(epoch FROM a.opened_at - e.received_at) * 1000 AS to_eval,
-                  extract(epoch FROM o.delivered_at - a.opened_at) * 1000 AS to_delivery
+                  extract(epoch FROM o.delivered_at - a.opened_at) * 1000 AS to_delivery,
+                  extract(epoch FROM e.received_at) AS received, (e.data->>'probe')::int AS probe,
+                  extract(epoch FROM o.delivered_at) AS claimed
            FROM alerts a
            JOIN events e ON e.device_id = a.device_id AND e.ts = a.started_at AND e.type = 'device_reset'
            JOIN outbox o ON o.alert_id = a.alert_id AND o.channel = 'webhook' AND o.event = 'opened'
@@ -258,11 +266,19 @@ def _stages(conn: Any, since: datetime) -> dict[str, float]:
     ).fetchall()
     to_eval = [float(r["to_eval"]) for r in rows]
     to_delivery = [float(r["to_delivery"]) for r in rows]
+    # Same machine, so the publisher's wall clock and PostgreSQL's compare.
+    mine = [r for r in rows if r["probe"] in _SENT_WALL and r["probe"] in _ARRIVED_WALL]
+    to_ingest = [(float(r["received"]) - _SENT_WALL[r["probe"]]) * 1000 for r in mine]
+    to_arrival = [(_ARRIVED_WALL[r["probe"]] - float(r["claimed"])) * 1000 for r in mine]
     return {
+        "publish_to_ingest_p50_ms": _pct(to_ingest, 50),
+        "publish_to_ingest_p99_ms": _pct(to_ingest, 99),
         "ingest_to_eval_p50_ms": _pct(to_eval, 50),
         "ingest_to_eval_p99_ms": _pct(to_eval, 99),
         "eval_to_delivered_p50_ms": _pct(to_delivery, 50),
         "eval_to_delivered_p99_ms": _pct(to_delivery, 99),
+        "claim_to_webhook_p50_ms": _pct(to_arrival, 50),
+        "claim_to_webhook_p99_ms": _pct(to_arrival, 99),
     }
 
 
