@@ -299,7 +299,9 @@ def ledger(db_url: str, org: int) -> dict[str, int]:
             (org,),
         ).fetchone()
         quarantined = c.execute(
-            "SELECT count(*) AS n FROM quarantine WHERE device_id = ANY(%s)", (DEVICES,)
+            "SELECT coalesce(sum(copies), 0) AS n, count(*) AS rows FROM quarantine"
+            " WHERE device_id = ANY(%s)",
+            (DEVICES,),
         ).fetchone()
         others = c.execute(
             "SELECT reason, sum(copies) AS n FROM quarantine WHERE NOT coalesce(device_id = ANY(%s), false)"
@@ -311,5 +313,6 @@ def ledger(db_url: str, org: int) -> dict[str, int]:
     return {
         **{f"hostile_deliveries_{k}": int(v) for k, v in row.items()},
         "hostile_quarantined": int(quarantined["n"]),
+        "hostile_quarantine_rows": int(quarantined["rows"]),
         "others_quarantined": sum(int(r["n"]) for r in others),
     }

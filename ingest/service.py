@@ -11,7 +11,11 @@ reading the socket and the broker holds the rest (backpressure, not memory growt
 commits each batch in one transaction and only then passes its acks back; the network thread sends
 them, a batch at a time. A crash loses nothing, and a redelivery is deduplicated by `ingest_log`.
 Before a batch is written, each device is charged for its messages (`ingest.budget`); what exceeds
-its budget is quarantined as `rate_limited`. Quarantined messages replayed by `pulsewire quarantine
+its budget is quarantined as `rate_limited`. A device found over budget is throttled for
+`THROTTLE_HOLD_S`: meanwhile the network thread quarantines its messages on sight, without
+validating them, so a flood costs little more than reading it. Of a device's excess, quarantine
+keeps `quarantine_rate_limited_kept_per_min` payloads a minute and counts the rest.
+Quarantined messages replayed by `pulsewire quarantine
 replay` arrive on `pw/v1/replay/...` (only the service login may publish there), are validated like
 any other and are not charged again.
 While PostgreSQL is away the same batch is retried with capped backoff. The writer spends most of
@@ -28,7 +32,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -41,7 +45,7 @@ from ingest.writer import BatchOutcome, BatchWriter
 from pulsewire.errors import DatabaseError
 from pulsewire.settings import Settings
 from schemas.payloads import QuarantineReason
-from schemas.topics import REPLAY_PREFIX, UPLINK_KINDS, unreplayed
+from schemas.topics import REPLAY_PREFIX, UPLINK_KINDS, parse_uplink, unreplayed
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,7 @@ _BUSY_POLL_S = 0.005  # past the flush deadline, waiting for the writer to take 
 # With the writer idle, a batch goes after this long: a lone alert-worthy message is not held for
 # `flush_interval_ms`, and under load the writer is busy, so batches still grow (group commit).
 _IDLE_FLUSH_S = 0.002
+THROTTLE_HOLD_S = 0.25  # a device found over budget: its messages are quarantined unread this long
 
 
 @dataclass
@@ -84,6 +89,10 @@ class IngestService:
             quarantine_payload_max_bytes=settings.quarantine_payload_max_bytes,
         )
         self._budget = DeviceBudget(settings.device_rate_msgs_per_s, settings.device_burst_msgs)
+        # device -> monotonic time until which it is throttled (written by the writer thread, read
+        # by the network thread); device -> (minute, excess payloads kept in it) (writer thread)
+        self._throttled: dict[str, float] = {}
+        self._kept_excess: dict[str, tuple[int, int]] = {}
         self._consumer = Consumer(settings.mqtt(), client_id, self._receive, shared_topics(share_group))
         self._batch = _Batch()
         # Guards `_batch` (built by the network thread, taken by a writer that finished a commit)
@@ -178,7 +187,7 @@ class IngestService:
         replayed = raw[0].startswith(REPLAY_PREFIX)
         if replayed:
             raw = (unreplayed(raw[0]), *raw[1:])
-        item = self._validate(raw)
+        item = (not replayed and self._throttled and self._throttle(raw)) or self._validate(raw)
         with self._batch_lock:
             batch = self._batch
             if replayed:
@@ -186,6 +195,20 @@ class IngestService:
             batch.raws.append(raw)
             batch.items.append(item)
             batch.rows += len(item.readings) if isinstance(item, Telemetry) else 1
+
+    def _throttle(self, raw: Raw) -> Quarantined | None:
+        """The message as `rate_limited` when its device is throttled, unread; else None."""
+        uplink = parse_uplink(raw[0])
+        if uplink is None:
+            return None
+        until = self._throttled.get(uplink.device_id)
+        if until is None:
+            return None
+        if time.monotonic() >= until:
+            self._throttled.pop(uplink.device_id, None)
+            return None
+        reason = QuarantineReason.RATE_LIMITED
+        return Quarantined(raw[0], uplink.device_id, reason, self._budget.description, raw[1])
 
     def _hand_off(self, batch: _Batch | None) -> None:
         # Blocking here is the backpressure: the socket is not read meanwhile.
@@ -272,20 +295,41 @@ class IngestService:
         """Charge each device for its messages; quarantine what exceeds its budget (`rate_limited`)."""
         items, replayed = batch.items, batch.replayed
         over = self._budget.over_budget(
-            None if i in replayed else item.device_id for i, item in enumerate(items)
+            None if i in replayed or _throttled(item) else item.device_id for i, item in enumerate(items)
         )
-        if not over:
+        if not over and not any(_throttled(item) for item in items):
             return
         detail = self._budget.description
+        hold = time.monotonic() + THROTTLE_HOLD_S
+        for device in over:
+            self._throttled[device] = hold
         for i, item in enumerate(items):
             device_id = item.device_id
-            if device_id is None or device_id not in over or i in replayed:
+            if device_id is None or i in replayed:
                 continue
-            if over[device_id]:  # the device's first messages are admitted
-                over[device_id] -= 1
-            else:
+            excess = item if isinstance(item, Quarantined) and _throttled(item) else None
+            if device_id in over and excess is None:
+                if over[device_id]:  # the device's first messages are admitted
+                    over[device_id] -= 1
+                    continue
                 topic, payload = batch.raws[i][0], batch.raws[i][1]
-                items[i] = Quarantined(topic, device_id, QuarantineReason.RATE_LIMITED, detail, payload)
+                excess = Quarantined(topic, device_id, QuarantineReason.RATE_LIMITED, detail, payload)
+            if excess is not None:
+                items[i] = self._bounded(device_id, excess)
+
+    def _bounded(self, device_id: str, item: Quarantined) -> Quarantined:
+        """A `rate_limited` message with its payload while the device's minute has room, else counted only."""
+        minute = int(time.time() // 60)
+        at, kept = self._kept_excess.get(device_id, (minute, 0))
+        if at != minute:
+            kept = 0
+            if len(self._kept_excess) > 10_000:  # devices that stopped flooding long ago
+                self._kept_excess.clear()
+        if kept < self.settings.quarantine_rate_limited_kept_per_min:
+            self._kept_excess[device_id] = (minute, kept + 1)
+            return item
+        detail = f"{item.detail}; payload not kept (over {kept} a minute)"
+        return replace(item, detail=detail, payload_kept=False)
 
     def _recheck_unregistered(self, batch: _Batch) -> None:
         """Reload the registry when a batch names unknown devices, then validate those again."""
@@ -331,6 +375,10 @@ class IngestService:
         except DatabaseError as exc:
             log.warning("storage maintenance failed, retrying in %.0fs: %s", MAINTENANCE_RETRY_S, exc)
             self._next_maintenance = now + MAINTENANCE_RETRY_S
+
+
+def _throttled(item: Validated) -> bool:
+    return isinstance(item, Quarantined) and item.reason is QuarantineReason.RATE_LIMITED
 
 
 _slot_locks: list[IO[bytes]] = []  # held for the life of the process

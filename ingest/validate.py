@@ -87,6 +87,9 @@ class Quarantined:
     reason: QuarantineReason
     detail: str
     payload: bytes
+    # False for a flooding device's excess beyond what quarantine keeps of it: the row counts such
+    # messages (one row a device and topic, `copies` of them) with their size, without the payload.
+    payload_kept: bool = True
 
 
 Validated = Telemetry | Event | Status | Quarantined

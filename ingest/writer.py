@@ -309,6 +309,13 @@ DO UPDATE SET copies = quarantine.copies + EXCLUDED.copies, last_received_at = n
 """
 
 
+# The key under which messages whose payload is not kept are counted: one row a reason and topic
+# (while not replayed), whose size is the first one's and whose empty prefix replay refuses.
+_NOT_KEPT = {
+    r: hashlib.sha256(f"pulsewire:payload-not-kept:{r.value}".encode()).digest() for r in QuarantineReason
+}
+
+
 def _store_quarantine(conn: Conn, bad: list[Quarantined], keep: int, out: BatchOutcome) -> None:
     """Quarantine rows: the first `keep` bytes of each payload, with the whole's size and SHA-256.
 
@@ -321,7 +328,8 @@ def _store_quarantine(conn: Conn, bad: list[Quarantined], keep: int, out: BatchO
         return
     rows: dict[tuple[bytes, str], tuple[Quarantined, int]] = {}
     for q in bad:
-        key = (hashlib.sha256(q.payload).digest(), _text(q.topic))
+        digest = hashlib.sha256(q.payload).digest() if q.payload_kept else _NOT_KEPT[q.reason]
+        key = (digest, _text(q.topic))
         first, copies = rows.get(key, (q, 0))
         rows[key] = (first, copies + 1)
         out.quarantined[q.reason.value] += 1
@@ -334,7 +342,7 @@ def _store_quarantine(conn: Conn, bad: list[Quarantined], keep: int, out: BatchO
             [q.device_id and _text(q.device_id) for q in firsts],
             text_array(q.reason.value for q in firsts),
             text_array(_text(q.detail) for q in firsts),
-            [q.payload[:keep] for q in firsts],
+            [q.payload[:keep] if q.payload_kept else b"" for q in firsts],
             int_array(len(q.payload) for q in firsts),
             [k[0] for k in keys],
             int_array(rows[k][1] for k in keys),

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     device_rate_msgs_per_s: float = Field(default=50.0, gt=0, le=1_000_000)
     device_burst_msgs: int = Field(default=5_000, ge=1, le=10_000_000)
     quarantine_payload_max_bytes: int = Field(default=4_096, ge=0, le=1_048_576)
+    # a device's rate_limited messages whose payload quarantine keeps, a minute; the rest are counted
+    # (a flood cannot fill the database, and nothing goes uncounted)
+    quarantine_rate_limited_kept_per_min: int = Field(default=600, ge=0, le=1_000_000)
     quarantine_retention_days: int = Field(default=30, ge=1, le=3_650)
     # retention (days) of raw readings and events
     retention_days: int = Field(default=400, ge=1)

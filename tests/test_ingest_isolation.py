@@ -39,6 +39,7 @@ NOW = datetime(2026, 11, 23, 9, tzinfo=UTC)
 RETENTION_DAYS = 400
 KEEP = 4_096
 BURST = 20
+KEPT_PER_MIN = 100  # rate_limited payloads kept a minute per device; the rest are counted
 TELE: dict[str, Any] = {
     "schema": "pulsewire.telemetry/1", "device_id": "veh-1", "boot_id": "b1", "seq": 3,
     "sent_at": "2026-11-23T08:00:00Z",
@@ -179,7 +180,8 @@ def _count(conn: Conn, query: str, *params: Any) -> int:
 
 @pytest.fixture(scope="module")
 def service(settings: Settings) -> Iterator[IngestService]:
-    tight = {"device_rate_msgs_per_s": 1.0, "device_burst_msgs": BURST, "quarantine_payload_max_bytes": KEEP}
+    tight = {"device_rate_msgs_per_s": 1.0, "device_burst_msgs": BURST, "quarantine_payload_max_bytes": KEEP,
+             "quarantine_rate_limited_kept_per_min": KEPT_PER_MIN}  # fmt: skip
     with running_ingest(settings, "iso", **tight) as svc:
         yield svc
 
@@ -192,8 +194,8 @@ def pub(settings: Settings, service: IngestService) -> Iterator[Publisher]:
 
 def _quarantined(conn: Conn, device_id: str) -> list[dict[str, Any]]:
     return conn.execute(
-        "SELECT reason, detail, payload, payload_size, payload_sha256 FROM quarantine WHERE device_id = %s "
-        "ORDER BY quarantine_id", (device_id,)
+        "SELECT reason, detail, payload, payload_size, payload_sha256, copies FROM quarantine "
+        "WHERE device_id = %s ORDER BY quarantine_id", (device_id,)
     ).fetchall()  # fmt: skip
 
 
@@ -240,8 +242,9 @@ def test_hostile_devices_amid_good_ones_are_quarantined_and_nothing_else_lost(
 
 
 def test_a_flood_beyond_the_budget_is_quarantined_as_rate_limited_not_dropped(
-    world: World, pub: Publisher, conn: Conn, service: IngestService
+    world: World, pub: Publisher, conn: Conn, service: IngestService, settings: Settings
 ) -> None:
+    """The excess is quarantined: the first payloads of the minute kept, the rest counted on one row."""
     world.add_device("veh-flood", "vehicle")
     world.add_device("veh-calm", "vehicle")
     flood = [telemetry("veh-flood", seq, [("rpm", 1000.0 + seq)]) for seq in range(200)]
@@ -251,7 +254,7 @@ def test_a_flood_beyond_the_budget_is_quarantined_as_rate_limited_not_dropped(
 
     def accounted() -> int:
         stored = _count(conn, "SELECT count(*) FROM ingest_log WHERE device_id = 'veh-flood'")
-        return stored + _count(conn, "SELECT count(*) FROM quarantine WHERE device_id = 'veh-flood'")
+        return stored + _count(conn, "SELECT sum(copies) FROM quarantine WHERE device_id = 'veh-flood'")
 
     wait_for(lambda: accounted() == 200, 30, "every flood message stored or quarantined")
     wait_for(lambda: _count(conn, "SELECT count(*) FROM readings WHERE device_id = 'veh-calm'") == 10, 15,
@@ -261,12 +264,24 @@ def test_a_flood_beyond_the_budget_is_quarantined_as_rate_limited_not_dropped(
     # or two the sliding window counter admits when a window boundary falls amid the flood.
     assert 1 <= stored <= BURST + 2
     limited = _quarantined(conn, "veh-flood")
-    assert len(limited) == 200 - stored and {r["reason"] for r in limited} == {"rate_limited"}
-    by_seq = {json.loads(bytes(r["payload"]))["seq"]: r for r in limited}
+    assert {r["reason"] for r in limited} == {"rate_limited"}
+    kept = [r for r in limited if r["payload"]]
+    counted = [r for r in limited if not r["payload"]]
+    # A minute boundary amid the flood gives the device a second minute's allowance.
+    assert KEPT_PER_MIN <= len(kept) <= min(2 * KEPT_PER_MIN, 200 - stored)
+    assert len(counted) == 1 and "payload not kept" in counted[0]["detail"], counted
+    assert counted[0]["copies"] == 200 - stored - len(kept) and counted[0]["payload_size"] > 0
+    by_seq = {json.loads(bytes(r["payload"]))["seq"]: r for r in kept}
     for seq, row in by_seq.items():
         _assert_kept_as_prefix(row, flood[seq][1])
     text = service.metrics.text().decode()
     assert f'pulsewire_ingest_quarantined_total{{reason="rate_limited"}} {float(200 - stored)}' in text
+    # Replay leaves the counted row alone: it has nothing to send.
+    counted_id = _count(
+        conn, "SELECT quarantine_id FROM quarantine WHERE device_id = 'veh-flood' AND payload = ''"
+    )
+    report = replay_quarantine(conn, settings.mqtt(), device_id="veh-flood")
+    assert report.truncated == [counted_id] and len(report.replayed) == len(kept)
 
 
 # -- replay, retention, reserved ids ----------------------------------------------------------------
