@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from bench import hostile, pacing
+from bench import cpu, hostile, pacing
 from pulsewire import registry
 from pulsewire.db import connect
 from pulsewire.migrate import migrate
@@ -214,7 +214,7 @@ def _measure(
         load.start()
         time.sleep(args.warmup_s)
         before = c.execute("SELECT count(*) AS n FROM readings").fetchone()
-        began = time.perf_counter()
+        began, cpu_before = time.perf_counter(), cpu.snapshot()
         latencies, missed = [], 0
         since = datetime.now(UTC)
         for n in range(first, first + args.probes):
@@ -230,6 +230,7 @@ def _measure(
                 store.resolve(c, clinic, alert["alert_id"], user)
             time.sleep(args.gap_s)
         elapsed = time.perf_counter() - began
+        cpu_used = cpu.percent(cpu_before, cpu.snapshot(), elapsed)
         after = c.execute("SELECT count(*) AS n FROM readings").fetchone()
         stages = _stages(c, since)
     stop.set()
@@ -245,6 +246,7 @@ def _measure(
         "max_ms": _pct(latencies, 100),
         "background_readings_per_s": round((after["n"] - before["n"]) / elapsed),
         **stages,
+        **cpu_used,
         "relay_workers": args.relays,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
