@@ -62,8 +62,10 @@ def _load(mqtt_url: str, rate: float, stop: Any) -> None:
     """Publish ~rate readings/s of normal data until `stop` is set (runs in its own process)."""
     client = pacing.client(MqttTarget.parse(mqtt_url), f"bench-load-{os.getpid()}")
     rng = np.random.default_rng(1)
-    for seq in pacing.paced(rate / READINGS_PER_MESSAGE, stop):
-        device = f"icd-load-{seq % LOAD_DEVICES:02d}"
+    for n in pacing.paced(rate / READINGS_PER_MESSAGE, stop):
+        # Each device numbers its own messages 0, 1, 2, ... as a real one does (numbering them
+        # across devices made every message a seq gap for ingest to record).
+        device, seq = f"icd-load-{n % LOAD_DEVICES:02d}", n // LOAD_DEVICES
         now = datetime.now(UTC)
         readings = [
             {"ts": _iso(now), "metric": "lead_impedance_rv_ohm", "value": round(500 + rng.normal(0, 5), 1)}
