@@ -71,17 +71,31 @@ class _Batch:
         self.touched.setdefault(alert_id, event)
 
 
-def pending_devices(conn: Conn, limit: int = 100) -> list[str]:
-    """Devices with queued batches: those with events first (events page), then the longest-waiting.
+# Per device: whether its queued batches hold events, and its oldest batch; then each tenant's
+# devices take turns: every tenant's longest-waiting device, then every tenant's second, and so on.
+_PENDING = """
+WITH queued AS (
+    SELECT device_id, bool_or(has_events) AS events, min(eval_id) AS oldest FROM eval_queue q
+    WHERE NOT EXISTS (SELECT 1 FROM eval_retry r WHERE r.device_id = q.device_id AND r.retry_at > now())
+    GROUP BY device_id
+)
+SELECT q.device_id FROM queued q LEFT JOIN devices d ON d.device_id = q.device_id
+ORDER BY q.events DESC,
+         row_number() OVER (PARTITION BY q.events, d.provider_org_id ORDER BY q.oldest),
+         q.oldest
+LIMIT %s
+"""
 
-    A device held back after a failed evaluation waits for its `retry_at`, new batches included.
+
+def pending_devices(conn: Conn, limit: int = 100) -> list[str]:
+    """Devices with queued batches: those with events first (events page), tenants taking turns.
+
+    Within each group, every provider org's longest-waiting device comes before any org's second,
+    so a tenant with many busy devices (a flood's admitted share among them) cannot queue another
+    tenant's alert behind all of them. A device held back after a failed evaluation waits for its
+    `retry_at`, new batches included.
     """
-    rows = conn.execute(
-        "SELECT device_id FROM eval_queue q WHERE NOT EXISTS (SELECT 1 FROM eval_retry r"
-        " WHERE r.device_id = q.device_id AND r.retry_at > now())"
-        " GROUP BY device_id ORDER BY bool_or(has_events) DESC, min(eval_id) LIMIT %s",
-        (limit,),
-    ).fetchall()
+    rows = conn.execute(_PENDING, (limit,)).fetchall()
     return [str(r["device_id"]) for r in rows]
 
 

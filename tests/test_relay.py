@@ -349,3 +349,27 @@ def test_devices_with_queued_events_are_evaluated_first(db_url: str) -> None:
             )
         assert pending_devices(c) == ["q-event", "q-readings-1", "q-readings-2"]
         c.execute("DELETE FROM eval_queue")
+
+
+def test_tenants_take_turns_in_the_evaluation_queue(db_url: str, world: World) -> None:
+    """Five of the garage's cars queued events before one implant of the clinic did: the implant is
+    evaluated second, not sixth; then the garage's other cars, oldest first."""
+    now = datetime.now(UTC)
+    cars = [f"q-car-{n}" for n in range(5)]
+    for device_id in [*cars, "q-implant"]:
+        world.add_device(device_id, kind="vehicle" if device_id in cars else "implant")
+    with connect(db_url, autocommit=True) as c:
+        c.execute("DELETE FROM eval_queue")
+        for device_id in [*cars, "q-implant"]:
+            c.execute(
+                "INSERT INTO eval_queue (device_id, min_ts, max_ts, has_events) VALUES (%s, %s, %s, true)",
+                (device_id, now, now),
+            )
+        c.execute(
+            "INSERT INTO eval_queue (device_id, min_ts, max_ts, has_events) VALUES (%s, %s, %s, false)",
+            ("q-implant-readings", now, now),
+        )
+        try:
+            assert pending_devices(c) == [cars[0], "q-implant", *cars[1:], "q-implant-readings"]
+        finally:
+            c.execute("DELETE FROM eval_queue")
