@@ -6,18 +6,17 @@ A batch goes when it is full (`batch_max_rows`), 2 ms after its first message wh
 idle, or `flush_interval_ms` after it while the writer is busy; and a writer that finishes a commit
 with nothing queued takes the batch being built at once. So a message waits at most for the commit
 in progress (group commit: batches grow with the writer's commit time), never for a timer while the
-writer is idle. When the queue is full the network thread stops
-reading the socket and the broker holds the rest (backpressure, not memory growth). The writer thread
+writer is idle. When the queue is full the network thread stops reading the socket and the broker
+holds the rest (backpressure, not memory growth). The writer thread
 commits each batch in one transaction and only then passes its acks back; the network thread sends
 them, a batch at a time. A crash loses nothing, and a redelivery is deduplicated by `ingest_log`.
 Before a batch is written, each device is charged for its messages (`ingest.budget`); what exceeds
 its budget is quarantined as `rate_limited`. A device found over budget is throttled for
 `THROTTLE_HOLD_S`: meanwhile the network thread quarantines its messages on sight, without
 validating them, so a flood costs little more than reading it. Of a device's excess, quarantine
-keeps `quarantine_rate_limited_kept_per_min` payloads a minute and counts the rest.
-Quarantined messages replayed by `pulsewire quarantine
-replay` arrive on `pw/v1/replay/...` (only the service login may publish there), are validated like
-any other and are not charged again.
+keeps `quarantine_rate_limited_kept_per_min` payloads a minute and counts the rest. Quarantined
+messages replayed by `pulsewire quarantine replay` arrive on `pw/v1/replay/...` (only the service
+login may publish there), are validated like any other and are not charged again.
 While PostgreSQL is away the same batch is retried with capped backoff. The writer spends most of
 its time in PostgreSQL with the GIL released, so validation and commit overlap.
 """
