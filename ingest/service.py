@@ -8,7 +8,8 @@ with nothing queued takes the batch being built at once. So a message waits at m
 in progress (group commit: batches grow with the writer's commit time), never for a timer while the
 writer is idle. When the queue is full the network thread stops reading the socket and the broker
 holds the rest (backpressure, not memory growth). The writer thread commits each batch in one
-transaction and only then passes its acks back; the network thread sends them, a batch at a time. A crash loses nothing, and a redelivery is deduplicated by `ingest_log`.
+transaction and only then passes its acks back; the network thread sends them, a batch at a time.
+A crash loses nothing, and a redelivery is deduplicated by `ingest_log`.
 Before a batch is written, each device is charged for its messages (`ingest.budget`); what exceeds
 its budget is quarantined as `rate_limited`. A device found over budget is throttled for
 `THROTTLE_HOLD_S`: meanwhile the network thread quarantines its messages on sight, without
