@@ -1,0 +1,58 @@
+"""Group commit: a message that arrives while the writer commits waits for that commit, not a timer.
+
+Its own module: an ingest worker of another share group would store the same messages on its own
+schedule and hide the one measured here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from ingest.validate import Validated
+from ingest.writer import BatchOutcome
+from pulsewire.settings import Settings
+from tests.fix_db import World
+from tests.ingest_support import Publisher, running_ingest, telemetry, wait_for
+
+Conn = psycopg.Connection[dict[str, Any]]
+SLOW_COMMIT_S = 0.8
+FLUSH_S = 4.0  # a batch's timer while the writer is busy: far longer than the slow commit
+
+
+def _stored(conn: Conn, device_id: str, seq: int) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM ingest_log WHERE device_id = %s AND seq = %s", (device_id, seq)
+    ).fetchone()
+    return row is not None
+
+
+def test_a_message_that_arrives_during_a_commit_goes_with_the_next_one(
+    world: World, settings: Settings, conn: Conn
+) -> None:
+    world.add_device("veh-batching", "vehicle")
+    with running_ingest(settings, "batching", flush_interval_ms=int(FLUSH_S * 1000)) as service:
+        write = service._writer.write
+        calls: list[float] = []
+
+        def slow_first(items: Sequence[Validated], payloads: Sequence[bytes] | None = None) -> BatchOutcome:
+            calls.append(time.monotonic())
+            if len(calls) == 1:
+                time.sleep(SLOW_COMMIT_S)  # the writer is busy with the first batch meanwhile
+            return write(items, payloads)
+
+        service._writer.write = slow_first  # type: ignore[method-assign]
+        with Publisher(settings.mqtt()) as pub:
+            pub.publish_all([telemetry("veh-batching", 0, [("rpm", 800.0)])])
+            wait_for(lambda: calls, 5, "the first batch in the writer")
+            pub.publish_all([telemetry("veh-batching", 1, [("rpm", 810.0)])])
+            sent = time.monotonic()
+            wait_for(lambda: _stored(conn, "veh-batching", 1), FLUSH_S + 5, "the second message")
+            waited = time.monotonic() - sent
+    assert _stored(conn, "veh-batching", 0)
+    # It went when the slow commit ended (at most SLOW_COMMIT_S after it was sent), not when its
+    # batch's timer ran out (FLUSH_S).
+    assert waited < SLOW_COMMIT_S + 1.5 < FLUSH_S, f"{waited:.2f} s"
