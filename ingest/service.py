@@ -34,7 +34,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeGuard
 
 from ingest._consumer import SHARE_GROUP, Ack, Consumer, Received, shared_topics
 from ingest.budget import DeviceBudget
@@ -293,10 +293,12 @@ class IngestService:
     def _charge(self, batch: _Batch) -> None:
         """Charge each device for its messages; quarantine what exceeds its budget (`rate_limited`)."""
         items, replayed = batch.items, batch.replayed
+        # Quarantined unread by the network thread (a throttled device): excess already, not charged.
+        early = {i for i, item in enumerate(items) if _throttled(item)}
         over = self._budget.over_budget(
-            None if i in replayed or _throttled(item) else item.device_id for i, item in enumerate(items)
+            None if i in replayed or i in early else item.device_id for i, item in enumerate(items)
         )
-        if not over and not any(_throttled(item) for item in items):
+        if not over and not early:
             return
         detail = self._budget.description
         hold = time.monotonic() + THROTTLE_HOLD_S
@@ -306,7 +308,7 @@ class IngestService:
             device_id = item.device_id
             if device_id is None or i in replayed:
                 continue
-            excess = item if isinstance(item, Quarantined) and _throttled(item) else None
+            excess = item if _throttled(item) else None
             if device_id in over and excess is None:
                 if over[device_id]:  # the device's first messages are admitted
                     over[device_id] -= 1
@@ -376,7 +378,8 @@ class IngestService:
             self._next_maintenance = now + MAINTENANCE_RETRY_S
 
 
-def _throttled(item: Validated) -> bool:
+def _throttled(item: Validated) -> TypeGuard[Quarantined]:
+    """Whether `item` is a `rate_limited` quarantine (only the network thread's throttle makes one early)."""
     return isinstance(item, Quarantined) and item.reason is QuarantineReason.RATE_LIMITED
 
 
