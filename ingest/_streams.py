@@ -50,19 +50,26 @@ INSERT INTO seq_gaps (device_id, boot_id, first_seq, last_seq)
 SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
 """
 # Every gap holding a late seq is replaced by the pieces its late seqs leave of it, all at once:
-# between consecutive late seqs, and after the last one.
+# between consecutive late seqs, and after the last one. A stream's gaps never overlap, so each
+# late seq's gap is the one starting closest below it: one probe of `seq_gaps_stream` (migration
+# 0052) each, so the cost follows the late seqs, not late seqs times the stream's gaps.
 _FILL = """
 WITH late AS (
   SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS l(device_id, boot_id, seq)
+), found AS (
+  SELECT g.gap_id, l.seq FROM late l
+  CROSS JOIN LATERAL (
+    SELECT gap_id, last_seq FROM seq_gaps
+    WHERE device_id = l.device_id AND boot_id = l.boot_id AND first_seq <= l.seq
+    ORDER BY first_seq DESC LIMIT 1
+  ) g
+  WHERE l.seq <= g.last_seq
 ), hit AS (
-  DELETE FROM seq_gaps g
-  WHERE EXISTS (SELECT 1 FROM late l WHERE l.device_id = g.device_id AND l.boot_id = g.boot_id
-                  AND l.seq BETWEEN g.first_seq AND g.last_seq)
+  DELETE FROM seq_gaps g WHERE g.gap_id IN (SELECT gap_id FROM found)
   RETURNING g.gap_id, g.device_id, g.boot_id, g.first_seq, g.last_seq, g.detected_at
 ), cuts AS (
-  SELECT h.*, l.seq, lag(l.seq) OVER (PARTITION BY h.gap_id ORDER BY l.seq) AS prev
-  FROM hit h JOIN late l ON l.device_id = h.device_id AND l.boot_id = h.boot_id
-   AND l.seq BETWEEN h.first_seq AND h.last_seq
+  SELECT h.*, f.seq, lag(f.seq) OVER (PARTITION BY h.gap_id ORDER BY f.seq) AS prev
+  FROM hit h JOIN found f USING (gap_id)
 ), pieces AS (
   SELECT device_id, boot_id, COALESCE(prev + 1, first_seq) AS lo, seq - 1 AS hi, detected_at FROM cuts
   UNION ALL
