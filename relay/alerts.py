@@ -40,60 +40,70 @@ def history(
     )
 
 
+# Open the alert of (device, rule), or update the open one, with its history row, in one
+# statement (one round trip on the path of every alert). A new occurrence (another event, a new
+# episode) counts and is recorded; the same episode persisting only moves last_seen_at and the
+# latest values. Evidence that already made an alert (a replay) conflicts and writes nothing.
+_FIRE = """
+WITH cur AS (
+    SELECT alert_id, last_seen_at FROM alerts
+    WHERE device_id = %(device_id)s AND rule_key = %(rule_key)s AND state <> 'resolved'
+), opened AS (
+    INSERT INTO alerts (device_id, rule_id, rule_key, rule_name, severity, class, late,
+                        provider_org_id, vendor_org_id, started_at, last_seen_at, "values")
+    SELECT %(device_id)s::text, %(rule_id)s::bigint, %(rule_key)s::text, %(rule_name)s::text,
+           %(severity)s::text, %(class)s::text, %(late)s::boolean, %(provider_org_id)s::bigint,
+           %(vendor_org_id)s::bigint, %(started_at)s::timestamptz, %(ts)s::timestamptz, %(values)s::jsonb
+    WHERE NOT EXISTS (SELECT 1 FROM cur)
+    ON CONFLICT DO NOTHING RETURNING alert_id
+), updated AS (
+    UPDATE alerts a SET last_seen_at = greatest(a.last_seen_at, %(ts)s), "values" = %(values)s,
+           occurrences = a.occurrences + (%(started_at)s > cur.last_seen_at)::int, updated_at = now()
+    FROM cur WHERE a.alert_id = cur.alert_id
+    RETURNING a.alert_id, %(started_at)s > cur.last_seen_at AS again
+), logged AS (
+    INSERT INTO alert_history (alert_id, action, actor, detail)
+    SELECT alert_id, 'opened', %(actor)s, %(opened)s::jsonb FROM opened
+    UNION ALL
+    SELECT alert_id, 'updated', %(actor)s, %(updated)s::jsonb FROM updated WHERE again
+)
+SELECT alert_id, 'opened' AS event FROM opened
+UNION ALL
+SELECT alert_id, 'updated' FROM updated
+"""
+
+
 def fire(
     conn: Conn, device: dict[str, Any], rule: Rule, signal: Fire, *, late: bool, actor: str
 ) -> tuple[int, str] | None:
-    """Open an alert for `signal`, or update the open one; returns (alert_id, 'opened'|'updated')."""
-    current = conn.execute(
-        """SELECT alert_id, started_at, last_seen_at FROM alerts
-           WHERE device_id = %s AND rule_key = %s AND state <> 'resolved'""",
-        (device["device_id"], rule.key),
-    ).fetchone()
-    if current is not None:
-        return _update(conn, current, signal, actor), "updated"
+    """Open an alert for `signal`, or update the open one; returns (alert_id, 'opened'|'updated').
+
+    None when the same evidence already made an alert (a replay): nothing new is written.
+    """
+    at = signal.ts.isoformat()
     row = conn.execute(
-        """INSERT INTO alerts (device_id, rule_id, rule_key, rule_name, severity, class, late,
-                               provider_org_id, vendor_org_id, started_at, last_seen_at, "values")
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-           ON CONFLICT DO NOTHING RETURNING alert_id""",
-        (
-            device["device_id"],
-            rule.rule_id,
-            rule.key,
-            rule.name,
-            signal.severity,
-            rule.klass,
-            late,
-            device["provider_org_id"],
-            device["vendor_org_id"],
-            signal.started_at,
-            signal.ts,
-            Jsonb(signal.values),
-        ),
+        _FIRE,
+        {
+            "device_id": device["device_id"],
+            "rule_id": rule.rule_id,
+            "rule_key": rule.key,
+            "rule_name": rule.name,
+            "severity": signal.severity,
+            "class": rule.klass,
+            "late": late,
+            "provider_org_id": device["provider_org_id"],
+            "vendor_org_id": device["vendor_org_id"],
+            "started_at": signal.started_at,
+            "ts": signal.ts,
+            "values": Jsonb(signal.values),
+            "actor": actor,
+            "opened": Jsonb({"late": late, "at": at}),
+            "updated": Jsonb({"at": at, "values": signal.values}),
+        },
     ).fetchone()
     if row is None:
-        return None  # the same evidence already made an alert (a replay): nothing new
-    alert_id = int(row["alert_id"])
-    history(conn, alert_id, "opened", actor, detail={"late": late, "at": signal.ts.isoformat()})
-    return alert_id, "opened"
-
-
-def _update(conn: Conn, current: dict[str, Any], signal: Fire, actor: str) -> int:
-    alert_id = int(current["alert_id"])
-    # A new occurrence (another event, a new episode) counts and is recorded; the same episode
-    # persisting only moves last_seen_at and the latest values.
-    new_occurrence = signal.started_at > current["last_seen_at"]
-    conn.execute(
-        """UPDATE alerts SET last_seen_at = greatest(last_seen_at, %s), "values" = %s,
-                  occurrences = occurrences + %s, updated_at = now()
-           WHERE alert_id = %s""",
-        (signal.ts, Jsonb(signal.values), int(new_occurrence), alert_id),
-    )
-    if new_occurrence:
-        history(
-            conn, alert_id, "updated", actor, detail={"at": signal.ts.isoformat(), "values": signal.values}
-        )
-    return alert_id
+        return None
+    return int(row["alert_id"]), str(row["event"])
 
 
 def auto_resolve(conn: Conn, device_id: str, rule: Rule, ended_at: datetime, actor: str) -> int | None:
@@ -147,63 +157,69 @@ def escalate_due(conn: Conn, after_s: int, actor: str, limit: int = 100) -> list
     return ids
 
 
-def enqueue(conn: Conn, alert_id: int, event: str, *, email: bool) -> int:
+# Every delivery of one alert event in one statement: per audience (in order), each enabled webhook
+# of its org, its MQTT topic, and e-mail when asked for and the org has contacts.
+_ENQUEUE = """
+INSERT INTO outbox (alert_id, event, audience, org_id, channel, webhook_id, body)
+SELECT %(alert_id)s, %(event)s, a.audience, a.org_id, c.channel, c.webhook_id, a.body
+FROM unnest(%(audiences)s::text[], %(orgs)s::bigint[], %(bodies)s::text[]) WITH ORDINALITY
+     AS a(audience, org_id, body, n)
+CROSS JOIN LATERAL (
+    SELECT 1 AS k, 'webhook' AS channel, w.webhook_id FROM webhooks w WHERE w.org_id = a.org_id AND w.enabled
+    UNION ALL SELECT 2, 'mqtt', NULL
+    UNION ALL SELECT 3, 'email', NULL
+    WHERE %(email)s AND EXISTS (SELECT 1 FROM org_contacts oc WHERE oc.org_id = a.org_id)
+) c
+ORDER BY a.n, c.k, c.webhook_id
+"""
+
+
+def enqueue(conn: Conn, alert_id: int, event: str, *, email: bool) -> None:
     """Write the deliveries of one alert event: each audience's view, to each of its channels.
 
     Clinical alerts go to the provider only; technical ones to the provider and the vendor.
-    Returns the number of outbox rows written.
+    Resolutions are not e-mailed. One round trip reads the alert; the rest is sent without
+    waiting (in a pipeline, it goes with the caller's next sync).
     """
     row = conn.execute(ALERT_SELECT + " WHERE a.alert_id = %s", (alert_id,)).fetchone()
     assert row is not None
-    written = 0
-    audiences = [("provider", row["provider_org_id"]), ("vendor", row["vendor_org_id"])]
-    for audience, org_id in audiences:
+    audiences: list[str] = []
+    orgs: list[int] = []
+    bodies: list[str] = []
+    for audience, org_id in (("provider", row["provider_org_id"]), ("vendor", row["vendor_org_id"])):
         view = view_for(row, audience)
-        if view is None:
-            continue
-        body = message(event, view)
-        written += _enqueue_channels(
-            conn, alert_id, event, audience=audience, org_id=int(org_id), body=body, email=email
-        )
-    conn.execute("SELECT pg_notify(%s, %s)", (OUTBOX_CHANNEL, str(alert_id)))
-    notify(conn, row, event)
-    return written
+        if view is not None:
+            audiences.append(audience)
+            orgs.append(int(org_id))
+            bodies.append(message(event, view))
+    params = {
+        "alert_id": alert_id,
+        "event": event,
+        "audiences": audiences,
+        "orgs": orgs,
+        "bodies": bodies,
+        "email": email and event != "resolved",
+    }
+    conn.execute(_ENQUEUE, params)
+    conn.execute(
+        "SELECT pg_notify(%s, %s), pg_notify(%s, %s)",
+        (OUTBOX_CHANNEL, str(alert_id), ALERTS_CHANNEL, _change(row, event)),
+    )
 
 
 def notify(conn: Conn, row: dict[str, Any], event: str) -> None:
     """Tell SSE subscribers (at commit) that an alert changed; they fetch their own view of it."""
-    conn.execute(
-        "SELECT pg_notify(%s, %s)",
-        (
-            ALERTS_CHANNEL,
-            json.dumps(
-                {
-                    "alert_id": row["alert_id"],
-                    "event": event,
-                    "provider_org_id": row["provider_org_id"],
-                    "vendor_org_id": row["vendor_org_id"],
-                    "class": row["class"],
-                }
-            ),
-        ),
-    )
+    conn.execute("SELECT pg_notify(%s, %s)", (ALERTS_CHANNEL, _change(row, event)))
 
 
-def _enqueue_channels(
-    conn: Conn, alert_id: int, event: str, *, audience: str, org_id: int, body: str, email: bool
-) -> int:
-    insert = """INSERT INTO outbox (alert_id, event, audience, org_id, channel, webhook_id, body)
-                VALUES (%s, %s, %s, %s, %s, %s, %s)"""
-    cur = conn.execute(
-        """INSERT INTO outbox (alert_id, event, audience, org_id, channel, webhook_id, body)
-           SELECT %s, %s, %s, %s, 'webhook', webhook_id, %s FROM webhooks WHERE org_id = %s AND enabled""",
-        (alert_id, event, audience, org_id, body, org_id),
+def _change(row: dict[str, Any], event: str) -> str:
+    """The `pulsewire_alerts` payload: which alert changed how, and whose it is."""
+    return json.dumps(
+        {
+            "alert_id": row["alert_id"],
+            "event": event,
+            "provider_org_id": row["provider_org_id"],
+            "vendor_org_id": row["vendor_org_id"],
+            "class": row["class"],
+        }
     )
-    written = max(cur.rowcount, 0)
-    conn.execute(insert, (alert_id, event, audience, org_id, "mqtt", None, body))
-    written += 1
-    has_contacts = conn.execute("SELECT 1 FROM org_contacts WHERE org_id = %s LIMIT 1", (org_id,)).fetchone()
-    if email and event != "resolved" and has_contacts:
-        conn.execute(insert, (alert_id, event, audience, org_id, "email", None, body))
-        written += 1
-    return written

@@ -105,11 +105,24 @@ def evaluate_pending(conn: Conn, cfg: EngineConfig, limit: int = 100) -> int:
     `conn` must not be in autocommit; it is switched to REPEATABLE READ so each device's data,
     queue rows and state are read from one snapshot.
     """
-    conn.rollback()
+    _end_transaction(conn)
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     devices = pending_devices(conn, limit)
-    conn.rollback()
+    conn.commit()  # read only: a commit costs what a rollback does and keeps the prepared statements
     return sum(_evaluate_one(conn, device_id, cfg) for device_id in devices)
+
+
+def _end_transaction(conn: Conn) -> None:
+    """End whatever transaction the connection is in, by commit where it can.
+
+    psycopg forgets its prepared statements on every rollback (a rollback may undo a PREPARE), so an
+    engine that rolled back each round would parse and plan every statement of every evaluation.
+    """
+    status = conn.info.transaction_status
+    if status == psycopg.pq.TransactionStatus.INTRANS:
+        conn.commit()
+    elif status == psycopg.pq.TransactionStatus.INERROR:
+        conn.rollback()
 
 
 def _evaluate_one(conn: Conn, device_id: str, cfg: EngineConfig) -> int:
