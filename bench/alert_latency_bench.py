@@ -182,19 +182,21 @@ _ARRIVED_WALL: dict[int, float] = {}  # probe -> wall clock at the webhook's arr
 _CLI = [sys.executable, "-c", "from pulsewire.cli import main; import sys; sys.exit(main(sys.argv[1:]))"]
 
 
-def _services(env: dict[str, str], relays: int) -> list[subprocess.Popen[bytes]]:
+def _services(env: dict[str, str], relays: int, *, split: bool = False) -> list[subprocess.Popen[bytes]]:
+    """ingest and `relays` relay workers; with `split`, each relay worker is two processes, one
+    evaluating and one delivering, so a delivery never waits for the evaluators' interpreter."""
     cmd = _CLI
+    together = [["--delivery-threads", "2"]]
+    roles = [["--no-deliver"], ["--no-evaluate", "--delivery-threads", "2"]] if split else together
     procs = [
         subprocess.Popen([*cmd, "ingest"], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     ]
     procs += [
         subprocess.Popen(
-            [*cmd, "relay", "--delivery-threads", "2"],
-            env=env,
-            stderr=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            [*cmd, "relay", *role], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
         )
         for _ in range(relays)
+        for role in roles
     ]
     return procs
 
@@ -250,6 +252,7 @@ def _measure(
         **stages,
         **cpu_used,
         "relay_workers": args.relays,
+        "relay_split": args.split_relay,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }
@@ -380,6 +383,11 @@ def main() -> int:
     parser.add_argument("--probes", type=int, default=200)
     parser.add_argument("--rate", type=float, default=10_000, help="background readings/s")
     parser.add_argument("--relays", type=int, default=1, help="relay worker processes")
+    parser.add_argument(
+        "--split-relay",
+        action="store_true",
+        help="run each relay worker as an evaluating and a delivering process (--no-deliver, --no-evaluate)",
+    )
     parser.add_argument("--warmup-s", type=float, default=5.0)
     parser.add_argument("--gap-s", type=float, default=0.1, help="pause between probes")
     parser.add_argument("--hostile", action="store_true", help="measure again with a hostile tenant present")
@@ -408,7 +416,7 @@ def main() -> int:
             "PULSEWIRE_FLUSH_INTERVAL_MS": "5",
             "PULSEWIRE_WEBHOOK_ALLOW_PRIVATE": "1",  # the receiver is on loopback
         }
-        procs = _services(env, args.relays)
+        procs = _services(env, args.relays, split=args.split_relay)
         time.sleep(3)  # subscriptions and LISTENs in place
         clinic, user, _ = ids
         results["quiet"] = _measure(
