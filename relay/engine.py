@@ -99,17 +99,22 @@ def pending_devices(conn: Conn, limit: int = 100) -> list[str]:
     return [str(r["device_id"]) for r in rows]
 
 
-def evaluate_pending(conn: Conn, cfg: EngineConfig, limit: int = 100) -> int:
-    """One round over the devices with queued work, each in its own transaction; returns batches consumed.
+def due_devices(conn: Conn, limit: int = 100) -> list[str]:
+    """`pending_devices` read in a transaction of its own, ended by commit; `conn` is not in autocommit.
 
-    `conn` must not be in autocommit; it is switched to REPEATABLE READ so each device's data,
-    queue rows and state are read from one snapshot.
+    The connection is left at REPEATABLE READ, so each device's evaluation then reads its data,
+    queue rows and state from one snapshot.
     """
     _end_transaction(conn)
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     devices = pending_devices(conn, limit)
     conn.commit()  # read only: a commit costs what a rollback does and keeps the prepared statements
-    return sum(_evaluate_one(conn, device_id, cfg) for device_id in devices)
+    return devices
+
+
+def evaluate_pending(conn: Conn, cfg: EngineConfig, limit: int = 100) -> int:
+    """One round over the devices with queued work, each in its own transaction; returns batches consumed."""
+    return sum(evaluate_one(conn, device_id, cfg) for device_id in due_devices(conn, limit))
 
 
 def _end_transaction(conn: Conn) -> None:
@@ -125,8 +130,12 @@ def _end_transaction(conn: Conn) -> None:
         conn.rollback()
 
 
-def _evaluate_one(conn: Conn, device_id: str, cfg: EngineConfig) -> int:
-    """One device in its own transaction; its rules' faults recorded after, its own failure contained."""
+def evaluate_one(conn: Conn, device_id: str, cfg: EngineConfig) -> int:
+    """One device in its own transaction; its rules' faults recorded after, its own failure contained.
+
+    Returns the batches consumed (0 when another worker holds the device). `conn` is as
+    `due_devices` leaves it.
+    """
     for _ in range(5):
         faults: list[RuleFault] = []
         try:

@@ -27,10 +27,11 @@ from pulsewire.wire import EVAL_CHANNEL, OUTBOX_CHANNEL
 from relay.channels import Channels
 from relay.deliver import InFlight, RetryPolicy, deliver_one
 from relay.egress import EgressPolicy
-from relay.engine import EngineConfig, evaluate_pending
+from relay.engine import EngineConfig, due_devices, evaluate_one
 from relay.mail import SmtpPolicy
 from relay.rules import seed_defaults
 from relay.tick import check_silences, escalate
+from relay.turns import Turns
 
 log = logging.getLogger("pulsewire.relay")
 Conn = psycopg.Connection[dict[str, Any]]
@@ -88,7 +89,7 @@ class RelayWorker:
             actor=f"system:{cfg.worker}", late_after_s=cfg.late_after_s, email=bool(cfg.smtp_url)
         )
         self._stop = threading.Event()
-        self._eval_wake = threading.Event()
+        self._turns = Turns()
         self._outbox_wake = threading.Event()
         self._inflight = InFlight(cfg.delivery_threads, on_release=self._outbox_wake.set)
         self._threads: list[threading.Thread] = []
@@ -111,7 +112,7 @@ class RelayWorker:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Ask every loop to end and wait for them."""
         self._stop.set()
-        self._eval_wake.set()
+        self._turns.close()
         self._outbox_wake.set()
         for thread in self._threads:
             thread.join(timeout_s)
@@ -145,19 +146,25 @@ class RelayWorker:
             conn.execute(f"LISTEN {EVAL_CHANNEL}")
             conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
             # Whatever was notified before we listened is found by the loops' first round.
-            self._eval_wake.set()
+            self._turns.signal()
             self._outbox_wake.set()
             while not self._stop.is_set():
                 for note in conn.notifies(timeout=self.cfg.poll_s):
-                    (self._eval_wake if note.channel == EVAL_CHANNEL else self._outbox_wake).set()
+                    if note.channel == EVAL_CHANNEL:
+                        self._turns.signal()
+                    else:
+                        self._outbox_wake.set()
 
     def _eval_loop(self) -> None:
         with connect(self.cfg.database_url) as conn:
             while not self._stop.is_set():
-                self._eval_wake.wait(self.cfg.poll_s)
-                self._eval_wake.clear()
-                while not self._stop.is_set() and evaluate_pending(conn, self.engine):
-                    pass
+                device = self._turns.take(lambda: due_devices(conn), self.cfg.poll_s)
+                if device is None:
+                    continue
+                try:
+                    evaluate_one(conn, device, self.engine)
+                finally:
+                    self._turns.done(device)
 
     def _tick_loop(self) -> None:
         with connect(self.cfg.database_url, autocommit=True) as conn:
