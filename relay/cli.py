@@ -13,7 +13,12 @@ from relay.service import RelayConfig, run_forever
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `pulsewire relay`."""
     parser.add_argument("--delivery-threads", type=int, default=4, help="concurrent deliveries (default 4)")
-    parser.add_argument("--eval-threads", type=int, default=2, help="concurrent rule evaluators (default 2)")
+    parser.add_argument(
+        "--eval-threads",
+        type=int,
+        default=3,
+        help="concurrent rule evaluators, one of them kept for devices with events (default 3)",
+    )
     parser.add_argument("--no-evaluate", action="store_true", help="only deliver, do not evaluate rules")
     parser.add_argument("--no-deliver", action="store_true", help="only evaluate, do not deliver")
     parser.add_argument("--tick-s", type=float, default=5.0, help="absence/escalation check period")

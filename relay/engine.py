@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -79,12 +79,19 @@ WITH queued AS (
     WHERE NOT EXISTS (SELECT 1 FROM eval_retry r WHERE r.device_id = q.device_id AND r.retry_at > now())
     GROUP BY device_id
 )
-SELECT q.device_id FROM queued q LEFT JOIN devices d ON d.device_id = q.device_id
+SELECT q.device_id, q.events FROM queued q LEFT JOIN devices d ON d.device_id = q.device_id
 ORDER BY q.events DESC,
          row_number() OVER (PARTITION BY q.events, d.provider_org_id ORDER BY q.oldest),
          q.oldest
 LIMIT %s
 """
+
+
+class Due(NamedTuple):
+    """A device with queued batches, and whether any of them holds events."""
+
+    device_id: str
+    events: bool
 
 
 def pending_devices(conn: Conn, limit: int = 100) -> list[str]:
@@ -95,26 +102,29 @@ def pending_devices(conn: Conn, limit: int = 100) -> list[str]:
     tenant's alert behind all of them. A device held back after a failed evaluation waits for its
     `retry_at`, new batches included.
     """
-    rows = conn.execute(_PENDING, (limit,)).fetchall()
-    return [str(r["device_id"]) for r in rows]
+    return [due.device_id for due in _pending(conn, limit)]
 
 
-def due_devices(conn: Conn, limit: int = 100) -> list[str]:
-    """`pending_devices` read in a transaction of its own, ended by commit; `conn` is not in autocommit.
+def _pending(conn: Conn, limit: int) -> list[Due]:
+    return [Due(str(r["device_id"]), bool(r["events"])) for r in conn.execute(_PENDING, (limit,))]
 
-    The connection is left at REPEATABLE READ, so each device's evaluation then reads its data,
-    queue rows and state from one snapshot.
+
+def due_devices(conn: Conn, limit: int = 100) -> list[Due]:
+    """`pending_devices`, with their events flag, read in a transaction of its own ended by commit.
+
+    `conn` is not in autocommit. It is left at REPEATABLE READ, so each device's evaluation then
+    reads its data, queue rows and state from one snapshot.
     """
     _end_transaction(conn)
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-    devices = pending_devices(conn, limit)
+    devices = _pending(conn, limit)
     conn.commit()  # read only: a commit costs what a rollback does and keeps the prepared statements
     return devices
 
 
 def evaluate_pending(conn: Conn, cfg: EngineConfig, limit: int = 100) -> int:
     """One round over the devices with queued work, each in its own transaction; returns batches consumed."""
-    return sum(evaluate_one(conn, device_id, cfg) for device_id in due_devices(conn, limit))
+    return sum(evaluate_one(conn, due.device_id, cfg) for due in due_devices(conn, limit))
 
 
 def _end_transaction(conn: Conn) -> None:

@@ -50,9 +50,9 @@ class RelayConfig:
     escalate_after_s: int = 900
     late_after_s: float = 300.0
     delivery_threads: int = 4
-    # Several evaluators share the queue through per-device locks: while one waits on the
-    # database for a device, another evaluates the next.
-    eval_threads: int = 2
+    # Evaluators share the work (relay/turns.py): while one waits on the database for a device,
+    # another evaluates the next, and one is always kept for devices with events.
+    eval_threads: int = 3
     poll_s: float = 0.5
     tick_s: float = 5.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -89,7 +89,7 @@ class RelayWorker:
             actor=f"system:{cfg.worker}", late_after_s=cfg.late_after_s, email=bool(cfg.smtp_url)
         )
         self._stop = threading.Event()
-        self._turns = Turns()
+        self._turns = Turns(cfg.eval_threads)
         self._outbox_wake = threading.Event()
         self._inflight = InFlight(cfg.delivery_threads, on_release=self._outbox_wake.set)
         self._threads: list[threading.Thread] = []

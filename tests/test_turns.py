@@ -1,84 +1,115 @@
-"""The evaluator threads of one worker share one question to the database per notification."""
+"""A worker's evaluator threads: one question to the database per notification, one thread per
+device, and a thread always free for devices with events."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+from relay.engine import Due
 from relay.turns import Turns
 
 
-def _run(turns: Turns, ask: list[list[str]], threads: int, seconds: float) -> tuple[list[str], int, int]:
-    """Evaluator threads that take devices until stopped; returns what they took, asks and overlaps."""
-    taken: list[str] = []
-    asks = 0
-    holding: set[str] = set()
-    overlaps = 0
-    lock = threading.Lock()
+class _Evaluators:
+    """Evaluator threads taking devices from `turns`, each evaluation taking `seconds[device]`."""
 
-    def answer() -> list[str]:
-        nonlocal asks
-        with lock:
-            asks += 1
-            return ask.pop(0) if ask else []
+    def __init__(
+        self, turns: Turns, answers: list[list[Due]], threads: int, seconds: dict[str, float]
+    ) -> None:
+        self.turns, self.answers, self.seconds = turns, answers, seconds
+        self.asks = 0
+        self.started: dict[str, float] = {}
+        self.holding: set[str] = set()
+        self.overlaps = 0
+        self.most_readings = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop) for _ in range(threads)]
+        self.t0 = time.monotonic()
+        for t in self._threads:
+            t.start()
 
-    def loop() -> None:
-        nonlocal overlaps
-        while (device := turns.take(answer, poll_s=10.0)) is not None or not stop.is_set():
+    def _answer(self) -> list[Due]:
+        with self._lock:
+            self.asks += 1
+            return self.answers.pop(0) if self.answers else []
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            device = self.turns.take(self._answer, poll_s=10.0)
             if device is None:
                 continue
-            with lock:
-                overlaps += device in holding
-                holding.add(device)
-                taken.append(device)
-            time.sleep(0.02)  # evaluating
-            with lock:
-                holding.discard(device)
-            turns.done(device)
+            with self._lock:
+                self.overlaps += device in self.holding
+                self.holding.add(device)
+                self.started.setdefault(device, time.monotonic() - self.t0)
+                self.most_readings = max(self.most_readings, sum(d.startswith("r") for d in self.holding))
+            time.sleep(self.seconds.get(device, 0.02))
+            with self._lock:
+                self.holding.discard(device)
+            self.turns.done(device)
 
-    stop = threading.Event()
-    workers = [threading.Thread(target=loop) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    time.sleep(seconds)
-    stop.set()
-    turns.close()
-    for w in workers:
-        w.join(5)
-    assert not any(w.is_alive() for w in workers), "close() must wake every thread"
-    return taken, asks, overlaps
+    def stop(self) -> None:
+        self._stop.set()
+        self.turns.close()
+        for t in self._threads:
+            t.join(5)
+        assert not any(t.is_alive() for t in self._threads), "close() must wake every thread"
+
+
+def _quiet(threads: int) -> Turns:
+    turns = Turns(threads)
+    assert turns.take(list, poll_s=0) is None  # the start-up round: count only what follows
+    return turns
 
 
 def test_one_notification_costs_one_question_however_many_threads() -> None:
-    turns = Turns()
-    assert turns.take(list, poll_s=0) is None  # the start-up round: count only the notifications
-    answers = [["d1"], ["d2"], ["d3"]]
-    threads = []
+    turns = _quiet(4)
+    answers = [[Due("e1", True)], [Due("e2", True)], [Due("e3", True)]]
+    run = _Evaluators(turns, answers, threads=4, seconds={})
     for _ in range(3):
-        threads.append(threading.Timer(0.1 + 0.1 * len(threads), turns.signal))
-    for t in threads:
-        t.start()
-    taken, asks, overlaps = _run(turns, answers, threads=4, seconds=0.6)
-    assert taken == ["d1", "d2", "d3"]
-    assert asks == 3, f"{asks} questions for 3 notifications"
-    assert overlaps == 0
+        time.sleep(0.1)
+        turns.signal()
+    time.sleep(0.2)
+    run.stop()
+    assert list(run.started) == ["e1", "e2", "e3"]
+    assert run.asks == 3, f"{run.asks} questions for 3 notifications"
+    assert run.overlaps == 0
 
 
-def test_a_round_of_several_devices_is_shared_and_no_device_goes_to_two_threads() -> None:
-    turns = Turns()
-    answers = [["a", "b", "c", "d"], ["a", "e"]]  # the second answer repeats "a", maybe still held
-    taken, asks, overlaps = _run(turns, answers, threads=2, seconds=0.3)
-    assert sorted(taken[:4]) == ["a", "b", "c", "d"]
-    assert overlaps == 0
-    assert asks <= 3
+def test_no_device_goes_to_two_threads_and_a_round_is_shared() -> None:
+    turns = Turns(3)
+    answers = [[Due(d, True) for d in "abcd"], [Due("a", True), Due("e", True)]]
+    run = _Evaluators(turns, answers, threads=3, seconds={"a": 0.3})
+    time.sleep(0.05)
+    turns.signal()  # asked while "a" is still being evaluated: it is not handed out again
+    time.sleep(0.4)
+    run.stop()
+    assert sorted(run.started) == ["a", "b", "c", "d", "e"]
+    assert run.overlaps == 0
+
+
+def test_an_event_never_waits_for_readings_being_evaluated() -> None:
+    turns = _quiet(2)
+    answers = [[Due("r1", False), Due("r2", False)], [Due("r2", False), Due("e1", True)]]
+    run = _Evaluators(turns, answers, threads=2, seconds={"r1": 0.5, "r2": 0.5})
+    turns.signal()
+    time.sleep(0.1)  # r1 is being evaluated; r2 waits: the second thread is kept for events
+    turns.signal()  # e1 arrives
+    time.sleep(0.2)
+    started = dict(run.started)
+    time.sleep(0.5)
+    run.stop()
+    assert "e1" in started and started["e1"] < 0.2, f"the event waited: {started}"
+    assert run.most_readings == 1, "with two threads, one is kept free for events"
+    assert sorted(run.started) == ["e1", "r1", "r2"]
 
 
 def test_without_notifications_the_threads_still_ask_after_the_poll_period() -> None:
-    turns = Turns()
-    assert turns.take(list, poll_s=0) is None  # the start-up round
+    turns = _quiet(2)
     asked = threading.Event()
 
-    def answer() -> list[str]:
+    def answer() -> list[Due]:
         asked.set()
         return []
 
