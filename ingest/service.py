@@ -294,7 +294,7 @@ class IngestService:
         """Charge each device for its messages; quarantine what exceeds its budget (`rate_limited`)."""
         items, replayed = batch.items, batch.replayed
         # Quarantined unread by the network thread (a throttled device): excess already, not charged.
-        early = {i for i, item in enumerate(items) if _throttled(item)}
+        early = {i: item for i, item in enumerate(items) if _rate_limited(item)}
         over = self._budget.over_budget(
             None if i in replayed or i in early else item.device_id for i, item in enumerate(items)
         )
@@ -308,7 +308,7 @@ class IngestService:
             device_id = item.device_id
             if device_id is None or i in replayed:
                 continue
-            excess = item if _throttled(item) else None
+            excess = early.get(i)
             if device_id in over and excess is None:
                 if over[device_id]:  # the device's first messages are admitted
                     over[device_id] -= 1
@@ -378,7 +378,7 @@ class IngestService:
             self._next_maintenance = now + MAINTENANCE_RETRY_S
 
 
-def _throttled(item: Validated) -> TypeGuard[Quarantined]:
+def _rate_limited(item: Validated) -> TypeGuard[Quarantined]:
     """Whether `item` is a `rate_limited` quarantine (only the network thread's throttle makes one early)."""
     return isinstance(item, Quarantined) and item.reason is QuarantineReason.RATE_LIMITED
 
