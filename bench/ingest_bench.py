@@ -281,13 +281,17 @@ def with_workers(workers: int, info: StackInfo, state: Path, devices: list[str],
     procs = [start_ingest(url, mqtt_url, state, cid, f"bench{workers}") for cid in ids]
     try:
         time.sleep(3.0)  # connect, subscribe, storage maintenance
-        return {n: end_to_end(url, pub_url or mqtt_url, devices, n, args) for n in (10, 1)}
+        return {n: end_to_end(url, pub_url or mqtt_url, devices, n, args) for n in args.per_msg}
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(60)
         for cid in ids:  # a clean session ends theirs: no queue for them while the next run goes on
             RawPublisher(MqttTarget.parse(mqtt_url), cid).sock.close()
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
 
 
 def main() -> int:
@@ -301,6 +305,10 @@ def main() -> int:
         default=1.5,
         help="publish at this multiple of the target rate (bounds the broker backlog)",
     )
+    parser.add_argument("--workers", type=_counts, default=(1, 2),
+                        help="worker counts to run side by side (comma-separated)")  # fmt: skip
+    parser.add_argument("--per-msg", type=_counts, default=(10, 1),
+                        help="readings a message to run (comma-separated, from 10 and 1)")  # fmt: skip
     parser.add_argument("--tls", action="store_true",
                         help="also run each measure with the devices on the mTLS listener")  # fmt: skip
     args = parser.parse_args()
@@ -313,15 +321,15 @@ def main() -> int:
         migrate(info.database_url)
         devices = setup_devices(info.database_url, args.devices)
         copy_rate = raw_copy_rate(info.database_url)
-        alone = {n: publishers_alone(info.mqtt_url, devices, n, args) for n in (10, 1)}
-        runs = {w: with_workers(w, info, state, devices, args) for w in (1, 2)}
+        alone = {n: publishers_alone(info.mqtt_url, devices, n, args) for n in args.per_msg}
+        runs = {w: with_workers(w, info, state, devices, args) for w in args.workers}
         tls: tuple[dict[int, float], Runs] | None = None
         if args.tls:
             from bench import tls_publishers
 
             tls_url = tls_publishers.prepare(stack, devices, state / "bench-certs")
-            tls_alone = {n: publishers_alone(tls_url, devices, n, args) for n in (10, 1)}
-            tls_runs = {w: with_workers(w, info, state, devices, args, pub_url=tls_url) for w in (1, 2)}
+            tls_alone = {n: publishers_alone(tls_url, devices, n, args) for n in args.per_msg}
+            tls_runs = {w: with_workers(w, info, state, devices, args, pub_url=tls_url) for w in args.workers}
             tls = (tls_alone, tls_runs)
     finally:
         stack.down()
@@ -342,16 +350,21 @@ def report(args: argparse.Namespace, copy_rate: float, alone: dict[int, float], 
     print(f"machine: {machine()}")
     print(f"load average (1, 5, 15 min): before {load_before}, after {os.getloadavg()}")
     print(f"command: .venv/bin/python -m bench.ingest_bench --duration {args.duration:g} "
-          f"--publishers {args.publishers} --devices {args.devices} --offered {args.offered:g}"
+          f"--publishers {args.publishers} --devices {args.devices} --offered {args.offered:g} "
+          f"--workers {','.join(map(str, args.workers))} --per-msg {','.join(map(str, args.per_msg))}"
           f"{' --tls' * args.tls}")  # fmt: skip
     print(f"raw COPY into readings: {copy_rate:,.0f} rows/s")
-    print(f"{'end to end':<40}{'1 worker':>14}{'2 workers':>14}{'offered (achieved)':>22}")
+    columns = "".join(f"{f'{w} worker' + 's' * (w > 1):>14}" for w in runs)
+    print(f"{'end to end':<40}{columns}{'offered (achieved)':>22}")
     for n, unit, key in ((10, "readings/s", "rows_per_s"), (1, "messages/s", "msgs_per_s")):
-        one, two = runs[1][n], runs[2][n]
-        offer = f"{one['offered_msgs_per_s']:,.0f}/{two['offered_msgs_per_s']:,.0f} msg/s"
-        print(f"{f'{n}/msg ({unit})':<40}{one[key]:>14,.0f}{two[key]:>14,.0f}{offer:>22}")
-    print(f"{'10/msg vs raw COPY':<40}{runs[1][10]['rows_per_s'] / copy_rate:>14.2f}"
-          f"{runs[2][10]['rows_per_s'] / copy_rate:>14.2f}")  # fmt: skip
+        if n not in args.per_msg:
+            continue
+        figures = "".join(f"{run[n][key]:>14,.0f}" for run in runs.values())
+        offer = "/".join(f"{run[n]['offered_msgs_per_s']:,.0f}" for run in runs.values())
+        print(f"{f'{n}/msg ({unit})':<40}{figures}{offer + ' msg/s':>22}")
+    if 10 in args.per_msg:
+        ratios = "".join(f"{run[10]['rows_per_s'] / copy_rate:>14.2f}" for run in runs.values())
+        print(f"{'10/msg vs raw COPY':<40}{ratios}")
     for n, rate in alone.items():
         print(f"  publishers alone (no ingest, no subscriber), {n}/msg: {rate:,.0f} messages/s acknowledged")
     for w, run in runs.items():

@@ -144,11 +144,13 @@ def report(alone: dict[int, float], runs: Runs, tls_alone: dict[int, float], tls
     print("plain: publishers on the service listener, one connection each; mTLS: one connection "
           "per device on the device mTLS listener; ingest on the service listener in both")  # fmt: skip
     print(f"{'':<44}{'plain':>12}{'mTLS':>12}{'TLS/plain':>11}  target")
-    for n in (10, 1):
+    for n, rate in alone.items():
         line = f"publishers alone, {n}/msg (messages/s)"
-        print(f"{line:<44}{alone[n]:>12,.0f}{tls_alone[n]:>12,.0f}{tls_alone[n] / alone[n]:>11.2f}")
+        print(f"{line:<44}{rate:>12,.0f}{tls_alone[n]:>12,.0f}{tls_alone[n] / rate:>11.2f}")
     for w in sorted(runs):
         for n, unit, key in ((10, "readings/s", "rows_per_s"), (1, "messages/s", "msgs_per_s")):
+            if n not in runs[w]:
+                continue
             plain, tls = runs[w][n][key], tls_runs[w][n][key]
             met = "met" if tls >= TARGETS[n] else "NOT met"
             line = f"end to end, {w} worker(s), {n}/msg ({unit})"

@@ -53,8 +53,12 @@ class FastTelemetry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 _decoder = msgspec.json.Decoder(FastTelemetry)
 
 
-def fast_telemetry(payload: bytes) -> FastTelemetry | None:
-    """The decoded telemetry, or None when the slow path (pydantic) must decide."""
+def fast_telemetry(payload: bytes, topic_device_id: str | None = None) -> FastTelemetry | None:
+    """The decoded telemetry, or None when the slow path (pydantic) must decide.
+
+    `topic_device_id` is the id its topic names, already checked by `schemas.topics.parse_uplink`:
+    a payload naming the same id needs no second check.
+    """
     if _NUL_ESCAPE in payload or _LONG_FRACTION.search(payload):
         return None
     try:
@@ -62,7 +66,7 @@ def fast_telemetry(payload: bytes) -> FastTelemetry | None:
     except msgspec.DecodeError:  # ValidationError is a subclass
         return None
     # Checked here rather than as a msgspec pattern (one Python regex call per string, the main cost).
-    if not is_device_id(msg.device_id):
+    if msg.device_id != topic_device_id and not is_device_id(msg.device_id):
         return None
     metrics = _METRICS
     for r in msg.readings:

@@ -39,7 +39,7 @@ from typing import IO, TypeGuard
 from ingest._consumer import SHARE_GROUP, Ack, Consumer, Received, shared_topics
 from ingest.budget import DeviceBudget
 from ingest.metrics import IngestMetrics
-from ingest.validate import Quarantined, Telemetry, Validated, validate
+from ingest.validate import Quarantined, Telemetry, Validated, Window, validate_in
 from ingest.writer import BatchOutcome, BatchWriter
 from pulsewire.errors import DatabaseError
 from pulsewire.settings import Settings
@@ -59,6 +59,9 @@ _BUSY_POLL_S = 0.005  # past the flush deadline, waiting for the writer to take 
 # With the writer idle, a batch goes after this long: a lone alert-worthy message is not held for
 # `flush_interval_ms`, and under load the writer is busy, so batches still grow (group commit).
 _IDLE_FLUSH_S = 0.002
+# Validation's clock: readings are judged against a "now" at most this old (against a skew allowance
+# of minutes and a retention of days).
+WINDOW_RENEW_S = 0.005
 THROTTLE_HOLD_S = 0.25  # a device found over budget: its messages are quarantined unread this long
 
 
@@ -104,6 +107,7 @@ class IngestService:
             target=self._write_loop, name=f"ingest-writer-{client_id}", daemon=True
         )
         self._kinds: dict[str, str] = {}
+        self._window_now, self._window_until = Window(datetime.min, datetime.min), 0.0
         self._kinds_at = -REGISTRY_RELOAD_S
         self._next_maintenance = 0.0
         self.totals = BatchOutcome()
@@ -227,9 +231,17 @@ class IngestService:
             self._consumer.ack(acks.popleft())
 
     def _validate(self, raw: Raw) -> Validated:
-        return validate(raw[0], raw[1], self._kinds, now=datetime.now(UTC),
-                        max_future_skew_s=self.settings.max_future_skew_s,
-                        retention_days=self.settings.retention_days)  # fmt: skip
+        return validate_in(raw[0], raw[1], self._kinds, self._window())
+
+    def _window(self) -> Window:
+        """The accepted time window, renewed every WINDOW_RENEW_S rather than per message."""
+        now = time.monotonic()
+        if now >= self._window_until:
+            self._window_until = now + WINDOW_RENEW_S
+            settings = self.settings
+            self._window_now = Window.around(datetime.now(UTC), max_future_skew_s=settings.max_future_skew_s,
+                                             retention_days=settings.retention_days)  # fmt: skip
+        return self._window_now
 
     # -- writer thread --------------------------------------------------------------------------
 

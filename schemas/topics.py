@@ -20,6 +20,7 @@ end of the text. This module imports nothing of Pulsewire's.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Literal, NamedTuple, get_args
 
 ROOT = "pw/v1"
@@ -127,8 +128,9 @@ def device_filter(device_id: str) -> str:
 # -- parsers -------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=65_536)  # a device sends on its few topics again and again (ingest's hot path)
 def parse_uplink(topic: str) -> DeviceTopic | None:
-    """The device and kind of `pw/v1/dev/{device_id}/{kind}`, or None (ingest's hot path: plain code)."""
+    """The device and kind of `pw/v1/dev/{device_id}/{kind}`, or None."""
     if not topic.startswith(DEVICE_PREFIX):
         return None
     parts = topic[len(DEVICE_PREFIX) :].split("/")
