@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -14,6 +15,11 @@ from ingest.service import IngestService, default_client_id
 from pulsewire.settings import Settings
 
 log = logging.getLogger("ingest")
+# A batch holds tens of thousands of young objects (messages, readings, timestamps) that all live
+# until its commit: with the default thresholds (700, 10, 10) the collector ran through them again
+# and again, about a tenth of the GIL's time at 1 reading a message (docs/benchmarks.md). They are
+# freed by reference counting; the rare cycles are still collected, less often.
+GC_THRESHOLDS = (50_000, 20, 100)
 SWITCH_INTERVAL_S = 0.0005
 
 
@@ -41,6 +47,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     # The writer thread waits on PostgreSQL about ten times a batch; each time the answer is in, it
     # needs the GIL back from the busy network thread, which by default holds it up to 5 ms.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    gc.freeze()  # what start-up allocated (modules, settings) is never scanned again
+    gc.set_threshold(*GC_THRESHOLDS)
     client_id = args.client_id or default_client_id(settings.state_dir)
     service = IngestService(settings, client_id=client_id, share_group=args.share_group)
     if args.metrics_port:
