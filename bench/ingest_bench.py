@@ -5,8 +5,9 @@ Starts a private stack in a temp dir, registers devices, runs ingest as subproce
 realistic telemetry at QoS 1 from several processes (a minimal MQTT 3.1.1 client on a raw socket), at
 `--offered` times the goal rate for `--duration` seconds. End to end = committed readings / (last
 commit - first publish), the backlog the broker holds when publishing stops drained and counted.
-It runs with 1 worker, then with 2 workers on one shared subscription (`$share/<group>/...`), side
-by side; the broker runs throughout (no restart is involved).
+It runs each setup of `--setups` side by side: WORKERSxWRITERS, ingest processes on one shared
+subscription (`$share/<group>/...`), each writing with that many PostgreSQL connections
+(`PULSEWIRE_INGEST_WRITERS`); the broker runs throughout (no restart is involved).
 """
 
 from __future__ import annotations
@@ -262,23 +263,31 @@ def setup_devices(url: str, n: int) -> list[str]:
 
 
 def start_ingest(
-    db_url: str, mqtt_url: str, state: Path, client_id: str, group: str
+    db_url: str, mqtt_url: str, state: Path, client_id: str, group: str, *, writers: int = 1
 ) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PULSEWIRE_DATABASE_URL=db_url, PULSEWIRE_MQTT_URL=mqtt_url,
-               PULSEWIRE_STATE_DIR=str(state),
+               PULSEWIRE_STATE_DIR=str(state), PULSEWIRE_INGEST_WRITERS=str(writers),
                PULSEWIRE_DEVICE_RATE_MSGS_PER_S=BENCH_DEVICE_RATE)  # fmt: skip
     exe = Path(sys.executable).parent / "pulsewire"
     return subprocess.Popen([str(exe), "ingest", "--client-id", client_id, "--share-group", group,
                              "--log-level", "WARNING"], env=env, cwd=ROOT)  # fmt: skip
 
 
-def with_workers(workers: int, info: StackInfo, state: Path, devices: list[str],
+def setup_name(setup: tuple[int, int]) -> str:
+    workers, writers = setup
+    name = f"{workers} worker" + "s" * (workers > 1)
+    return name + (f", {writers} writers" if writers > 1 else "")
+
+
+def with_workers(setup: tuple[int, int], info: StackInfo, state: Path, devices: list[str],
                  args: argparse.Namespace, *, pub_url: str = "") -> dict[int, dict[str, float]]:  # fmt: skip
-    """End to end at 10 and 1 readings a message with `workers` ingest processes in one share group
-    (the publishers on `pub_url`, by default ingest's `mqtt_url`)."""
+    """End to end at 10 and 1 readings a message with `setup` (ingest processes in one share group,
+    PostgreSQL connections each), the publishers on `pub_url` (by default ingest's `mqtt_url`)."""
     url, mqtt_url = info.database_url, info.mqtt_url
-    ids = [f"bench-ingest-{workers}-{i}" for i in range(workers)]
-    procs = [start_ingest(url, mqtt_url, state, cid, f"bench{workers}") for cid in ids]
+    workers, writers = setup
+    ids = [f"bench-ingest-{workers}x{writers}-{i}" for i in range(workers)]
+    procs = [start_ingest(url, mqtt_url, state, cid, f"bench{workers}x{writers}", writers=writers)
+             for cid in ids]  # fmt: skip
     try:
         time.sleep(3.0)  # connect, subscribe, storage maintenance
         return {n: end_to_end(url, pub_url or mqtt_url, devices, n, args) for n in args.per_msg}
@@ -294,6 +303,14 @@ def _counts(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(","))
 
 
+DEFAULT_SETUPS = "1x1,1x2,2x1"
+
+
+def _setups(text: str) -> tuple[tuple[int, int], ...]:
+    pairs = [part.split("x") for part in text.split(",")]
+    return tuple((int(workers), int(writers)) for workers, writers in pairs)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds the publishers run")
@@ -305,8 +322,9 @@ def main() -> int:
         default=1.5,
         help="publish at this multiple of the target rate (bounds the broker backlog)",
     )
-    parser.add_argument("--workers", type=_counts, default=(1, 2),
-                        help="worker counts to run side by side (comma-separated)")  # fmt: skip
+    parser.add_argument("--setups", type=_setups, default=_setups(DEFAULT_SETUPS),
+                        help="WORKERSxWRITERS to run side by side, comma-separated "
+                             f"(default {DEFAULT_SETUPS})")  # fmt: skip
     parser.add_argument("--per-msg", type=_counts, default=(10, 1),
                         help="readings a message to run (comma-separated, from 10 and 1)")  # fmt: skip
     parser.add_argument("--tls", action="store_true",
@@ -322,14 +340,15 @@ def main() -> int:
         devices = setup_devices(info.database_url, args.devices)
         copy_rate = raw_copy_rate(info.database_url)
         alone = {n: publishers_alone(info.mqtt_url, devices, n, args) for n in args.per_msg}
-        runs = {w: with_workers(w, info, state, devices, args) for w in args.workers}
+        runs = {setup_name(x): with_workers(x, info, state, devices, args) for x in args.setups}
         tls: tuple[dict[int, float], Runs] | None = None
         if args.tls:
             from bench import tls_publishers
 
             tls_url = tls_publishers.prepare(stack, devices, state / "bench-certs")
             tls_alone = {n: publishers_alone(tls_url, devices, n, args) for n in args.per_msg}
-            tls_runs = {w: with_workers(w, info, state, devices, args, pub_url=tls_url) for w in args.workers}
+            tls_runs = {setup_name(x): with_workers(x, info, state, devices, args, pub_url=tls_url)
+                        for x in args.setups}  # fmt: skip
             tls = (tls_alone, tls_runs)
     finally:
         stack.down()
@@ -341,29 +360,30 @@ def main() -> int:
     return 0 if all(r["msgs"] == r["sent_msgs"] for run in checked for r in run.values()) else 1
 
 
-Runs = dict[int, dict[int, dict[str, float]]]  # {workers: {readings a message: figures}}
+Runs = dict[str, dict[int, dict[str, float]]]  # {setup: {readings a message: figures}}
 
 
 def report(args: argparse.Namespace, copy_rate: float, alone: dict[int, float], runs: Runs,
            load_before: tuple[float, float, float]) -> None:  # fmt: skip
-    """Print the figures, 1 and 2 workers side by side, with what was offered."""
+    """Print the figures of each setup side by side, with what was offered."""
     print(f"machine: {machine()}")
     print(f"load average (1, 5, 15 min): before {load_before}, after {os.getloadavg()}")
     print(f"command: .venv/bin/python -m bench.ingest_bench --duration {args.duration:g} "
           f"--publishers {args.publishers} --devices {args.devices} --offered {args.offered:g} "
-          f"--workers {','.join(map(str, args.workers))} --per-msg {','.join(map(str, args.per_msg))}"
+          f"--setups {','.join(f'{w}x{n}' for w, n in args.setups)} "
+          f"--per-msg {','.join(map(str, args.per_msg))}"
           f"{' --tls' * args.tls}")  # fmt: skip
     print(f"raw COPY into readings: {copy_rate:,.0f} rows/s")
-    columns = "".join(f"{f'{w} worker' + 's' * (w > 1):>14}" for w in runs)
-    print(f"{'end to end':<40}{columns}{'offered (achieved)':>22}")
+    columns = "".join(f"{name:>22}" for name in runs)
+    print(f"{'end to end':<40}{columns}  offered (achieved)")
     for n, unit, key in ((10, "readings/s", "rows_per_s"), (1, "messages/s", "msgs_per_s")):
         if n not in args.per_msg:
             continue
-        figures = "".join(f"{run[n][key]:>14,.0f}" for run in runs.values())
-        offer = "/".join(f"{run[n]['offered_msgs_per_s']:,.0f}" for run in runs.values())
-        print(f"{f'{n}/msg ({unit})':<40}{figures}{offer + ' msg/s':>22}")
+        figures = "".join(f"{run[n][key]:>22,.0f}" for run in runs.values())
+        offer = "/".join(f"{run[n]['offered_msgs_per_s'] / 1000:,.1f}k" for run in runs.values())
+        print(f"{f'{n}/msg ({unit})':<40}{figures}  {offer} msg/s")
     if 10 in args.per_msg:
-        ratios = "".join(f"{run[10]['rows_per_s'] / copy_rate:>14.2f}" for run in runs.values())
+        ratios = "".join(f"{run[10]['rows_per_s'] / copy_rate:>22.2f}" for run in runs.values())
         print(f"{'10/msg vs raw COPY':<40}{ratios}")
     for n, rate in alone.items():
         print(f"  publishers alone (no ingest, no subscriber), {n}/msg: {rate:,.0f} messages/s acknowledged")
@@ -372,7 +392,7 @@ def report(args: argparse.Namespace, copy_rate: float, alone: dict[int, float], 
             capped = (
                 "capped by the offer" if r["msgs_per_s"] >= 0.95 * r["offered_msgs_per_s"] else "ingest-bound"
             )
-            print(f"  {w} worker(s), {n}/msg: {r['msgs']:,}/{r['sent_msgs']:,} messages committed, "
+            print(f"  {w}, {n}/msg: {r['msgs']:,}/{r['sent_msgs']:,} messages committed, "
                   f"{r['rows']:,} readings in {r['span_s']:.1f}s (first publish to last commit); "
                   f"{capped}")  # fmt: skip
 

@@ -136,7 +136,7 @@ class DevicePublishers:
 
 # The targets, which must hold over TLS too: readings/s at 10 a message, messages/s at 1.
 TARGETS = {10: 100_000, 1: 20_000}
-Runs = dict[int, dict[int, dict[str, float]]]  # {workers: {readings a message: figures}}
+Runs = dict[str, dict[int, dict[str, float]]]  # {setup: {readings a message: figures}}
 
 
 def report(alone: dict[int, float], runs: Runs, tls_alone: dict[int, float], tls_runs: Runs) -> None:
@@ -147,13 +147,13 @@ def report(alone: dict[int, float], runs: Runs, tls_alone: dict[int, float], tls
     for n, rate in alone.items():
         line = f"publishers alone, {n}/msg (messages/s)"
         print(f"{line:<44}{rate:>12,.0f}{tls_alone[n]:>12,.0f}{tls_alone[n] / rate:>11.2f}")
-    for w in sorted(runs):
+    for w in runs:
         for n, unit, key in ((10, "readings/s", "rows_per_s"), (1, "messages/s", "msgs_per_s")):
             if n not in runs[w]:
                 continue
             plain, tls = runs[w][n][key], tls_runs[w][n][key]
             met = "met" if tls >= TARGETS[n] else "NOT met"
-            line = f"end to end, {w} worker(s), {n}/msg ({unit})"
+            line = f"end to end, {w}, {n}/msg ({unit})"
             print(f"{line:<44}{plain:>12,.0f}{tls:>12,.0f}{tls / plain:>11.2f}  "
                   f">= {TARGETS[n]:,}: {met} over mTLS")  # fmt: skip
     for w, run in tls_runs.items():
@@ -161,5 +161,5 @@ def report(alone: dict[int, float], runs: Runs, tls_alone: dict[int, float], tls
             capped = (
                 "capped by the offer" if r["msgs_per_s"] >= 0.95 * r["offered_msgs_per_s"] else "ingest-bound"
             )
-            print(f"  mTLS, {w} worker(s), {n}/msg: {r['msgs']:,}/{r['sent_msgs']:,} messages committed, "
+            print(f"  mTLS, {w}, {n}/msg: {r['msgs']:,}/{r['sent_msgs']:,} messages committed, "
                   f"offered {r['offered_msgs_per_s']:,.0f} msg/s; {capped}")  # fmt: skip

@@ -23,6 +23,7 @@ its time in PostgreSQL with the GIL released, so validation and commit overlap.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -33,14 +34,17 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, TypeGuard
 
 from ingest._consumer import SHARE_GROUP, Ack, Consumer, Received, shared_topics
 from ingest.budget import DeviceBudget
 from ingest.metrics import IngestMetrics
+from ingest.order import Abandoned, BatchOrder, Restart, Turn
 from ingest.validate import Quarantined, Telemetry, Validated, Window, validate_in
 from ingest.writer import BatchOutcome, BatchWriter
+from pulsewire import rollups
 from pulsewire.errors import DatabaseError
 from pulsewire.settings import Settings
 from schemas.payloads import QuarantineReason
@@ -71,6 +75,7 @@ class _Batch:
     items: list[Validated] = field(default_factory=list)
     rows: int = 0
     replayed: set[int] = field(default_factory=set)  # indices of replayed messages: not charged
+    number: int = -1  # its place in the batch order, given when it is closed
 
 
 class IngestService:
@@ -81,15 +86,21 @@ class IngestService:
         self.client_id = client_id
         self.metrics = IngestMetrics()
         self._handoff: queue.Queue[_Batch | None] = queue.Queue(maxsize=HANDOFF_BATCHES)
-        self._writing = False  # the writer thread is committing a batch (read by the network thread)
+        writers = settings.ingest_writers
+        # which writer threads are committing a batch (read by the network thread)
+        self._writing = [False] * writers
         self.metrics.watch_queue(self._handoff.qsize)
         self._acks: deque[list[Ack]] = deque()  # committed batches' acks, writer → network thread
         self._intake_closed = threading.Event()
         self._abandon = threading.Event()
-        self._writer = BatchWriter(
-            settings.require_database_url(),
-            quarantine_payload_max_bytes=settings.quarantine_payload_max_bytes,
-        )
+        self._order = BatchOrder(writers, abandoned=self._abandon.is_set)
+        url = settings.require_database_url()
+        refresher = rollups.Refresher(url)
+        keep = settings.quarantine_payload_max_bytes
+        self._writers = [
+            BatchWriter(url, quarantine_payload_max_bytes=keep, refresher=refresher) for _ in range(writers)
+        ]
+        self._charge_lock = threading.Lock()  # the budget and throttle maps: one writer at a time
         self._budget = DeviceBudget(settings.device_rate_msgs_per_s, settings.device_burst_msgs)
         # device -> monotonic time until which it is throttled (written by the writer thread, read
         # by the network thread); device -> (minute, excess payloads kept in it) (writer thread)
@@ -102,10 +113,13 @@ class IngestService:
         # batches are committed in the order they were built).
         self._batch_lock = threading.Lock()
         self._handing = False
+        self._numbered = 0  # batches closed so far: the next one's number (under `_batch_lock`)
         self._net = threading.Thread(target=self._net_loop, name=f"ingest-net-{client_id}", daemon=True)
-        self._thread = threading.Thread(
-            target=self._write_loop, name=f"ingest-writer-{client_id}", daemon=True
-        )
+        names = [f"ingest-writer-{client_id}"] + [f"ingest-writer-{client_id}-{i}" for i in range(1, writers)]
+        self._threads = [
+            threading.Thread(target=self._write_loop, args=(i,), name=name, daemon=True)
+            for i, name in enumerate(names)
+        ]
         self._kinds: dict[str, str] = {}
         self._window_now, self._window_until = Window(datetime.min, datetime.min), 0.0
         self._kinds_at = -REGISTRY_RELOAD_S
@@ -113,8 +127,9 @@ class IngestService:
         self.totals = BatchOutcome()
 
     def start(self) -> None:
-        """Start the writer thread and the network thread (which connects to the broker)."""
-        self._thread.start()
+        """Start the writer threads and the network thread (which connects to the broker)."""
+        for thread in self._threads:
+            thread.start()
         self._net.start()
 
     def wait_subscribed(self, timeout_s: float) -> bool:
@@ -127,17 +142,21 @@ class IngestService:
         A batch still failing after `timeout_s` is abandoned unacked: the broker redelivers it.
         """
         self._intake_closed.set()
-        self._thread.join(timeout_s)
-        # The writer is done, or abandons its batch now: nothing more is handed to it either way.
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        # The writers are done, or abandon their batches now: nothing more is handed to them either way.
         self._abandon.set()
-        self._thread.join(RETRY_MAX_S + 1)
+        for thread in self._threads:
+            thread.join(RETRY_MAX_S + 1)
         self._net.join(timeout_s)
-        self._writer.close()
+        for writer in self._writers:
+            writer.close()
 
     @property
     def alive(self) -> bool:
         """Whether the network and writer threads run."""
-        return self._net.is_alive() and self._thread.is_alive()
+        return self._net.is_alive() and all(t.is_alive() for t in self._threads)
 
     # -- network thread -------------------------------------------------------------------------
 
@@ -149,7 +168,7 @@ class IngestService:
                 if batch.raws:
                     self._hand_off(batch)
             self._hand_off(None)
-            while self._thread.is_alive():  # let the writer finish; send its acks as they come
+            while any(t.is_alive() for t in self._threads):  # let the writers finish; send acks as they come
                 self._send_acks()
                 self._consumer.pump(0.02)
             self._send_acks()
@@ -180,6 +199,8 @@ class IngestService:
         with self._batch_lock:
             batch, self._batch = self._batch, _Batch()
             self._handing = bool(batch.raws)
+            if batch.raws:
+                batch.number, self._numbered = self._numbered, self._numbered + 1
         return batch
 
     def _receive(self, raw: Raw) -> None:
@@ -245,10 +266,12 @@ class IngestService:
 
     # -- writer thread --------------------------------------------------------------------------
 
-    def _write_loop(self) -> None:
+    def _write_loop(self, index: int) -> None:
+        writer = self._writers[index]
         committed = False  # the last turn committed a batch: the writer looks for the next itself
         while not self._abandon.is_set():  # set by stop() once the writer has had its time
-            self._maybe_maintain()
+            if index == 0:
+                self._maybe_maintain(writer)
             batch = self._take_building() if committed else None
             if batch is None:
                 try:
@@ -256,15 +279,19 @@ class IngestService:
                 except queue.Empty:
                     committed = False
                     continue
+            if batch is None:  # intake closed: the other writers are told too
+                with contextlib.suppress(queue.Full):
+                    self._handoff.put_nowait(None)
+                return
             committed = True
-            self._writing = True
+            self._writing[index] = True
             try:
-                if batch is not None:
+                with self._charge_lock:
                     self._charge(batch)
-                if batch is None or not self._commit(batch):
+                if not self._commit(batch, writer):
                     return
             finally:
-                self._writing = False
+                self._writing[index] = False
 
     def _take_building(self) -> _Batch | None:
         """The batch the network thread is building, when nothing is queued or on its way to the
@@ -276,21 +303,31 @@ class IngestService:
             if self._handing or not self._handoff.empty() or not self._batch.raws:
                 return None
             batch, self._batch = self._batch, _Batch()
+            batch.number, self._numbered = self._numbered, self._numbered + 1
         return batch
 
     def _writer_busy(self) -> bool:
-        return self._writing or not self._handoff.empty()
+        return any(self._writing) or not self._handoff.empty()
 
-    def _commit(self, batch: _Batch) -> bool:
-        """Commit `batch` (retrying while PostgreSQL is away) and queue its acks; False if abandoned."""
+    def _commit(self, batch: _Batch, writer: BatchWriter) -> bool:
+        """Commit `batch` (retrying while PostgreSQL is away) and queue its acks; False if abandoned.
+
+        The acks are queued in batch order (`ingest.order`), which is the order the messages came.
+        """
         delay = RETRY_MIN_S
+        turn = Turn(self._order, batch.number)
+        payloads = [raw[1] for raw in batch.raws]
         while True:
             try:
-                self._recheck_unregistered(batch)
+                self._recheck_unregistered(batch, writer)
                 started = time.perf_counter()
-                outcome = self._writer.write(batch.items, [raw[1] for raw in batch.raws])
+                writer.write(batch.items, payloads, turn=turn, on_commit=partial(self._committed, batch))
                 self.metrics.commit_seconds.observe(time.perf_counter() - started)
-                break
+                return True
+            except Restart:  # an earlier batch failed after this one claimed: write it again
+                continue
+            except Abandoned:
+                return False
             except DatabaseError as exc:
                 self.metrics.db_retries.inc()
                 log.warning("batch of %d message(s) not stored, retrying in %.1fs: %s",
@@ -298,9 +335,11 @@ class IngestService:
                 if self._abandon.wait(delay):
                     return False
                 delay = min(delay * 2, RETRY_MAX_S)
+
+    def _committed(self, batch: _Batch, outcome: BatchOutcome) -> None:
+        """In batch order: queue the batch's acks for the network thread and count what it stored."""
         self._acks.append([(mid, qos, conn) for _t, _p, mid, qos, conn in batch.raws])
         self._count(batch, outcome)
-        return True
 
     def _charge(self, batch: _Batch) -> None:
         """Charge each device for its messages; quarantine what exceeds its budget (`rate_limited`)."""
@@ -344,7 +383,7 @@ class IngestService:
         detail = f"{item.detail}; payload not kept (over {kept} a minute)"
         return replace(item, detail=detail, payload_kept=False)
 
-    def _recheck_unregistered(self, batch: _Batch) -> None:
+    def _recheck_unregistered(self, batch: _Batch, writer: BatchWriter) -> None:
         """Reload the registry when a batch names unknown devices, then validate those again."""
         unknown = [
             i for i, item in enumerate(batch.items)
@@ -357,7 +396,7 @@ class IngestService:
         pause = self._kinds_at + REGISTRY_RELOAD_S - time.monotonic()
         if pause > 0 and self._abandon.wait(pause):
             return
-        self._kinds = self._writer.load_kinds()
+        self._kinds = writer.load_kinds()
         self._kinds_at = time.monotonic()
         for i in unknown:
             batch.items[i] = self._validate(batch.raws[i])
@@ -376,14 +415,12 @@ class IngestService:
         m.batch_messages.observe(len(batch.raws))
         self.totals.add(outcome)
 
-    def _maybe_maintain(self) -> None:
+    def _maybe_maintain(self, writer: BatchWriter) -> None:
         now = time.monotonic()
         if now < self._next_maintenance:
             return
         try:
-            self._writer.maintain_storage(
-                self.settings.retention_days, self.settings.quarantine_retention_days
-            )
+            writer.maintain_storage(self.settings.retention_days, self.settings.quarantine_retention_days)
             self._next_maintenance = now + MAINTENANCE_EVERY_S
         except DatabaseError as exc:
             log.warning("storage maintenance failed, retrying in %.0fs: %s", MAINTENANCE_RETRY_S, exc)

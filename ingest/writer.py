@@ -24,6 +24,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from ingest._streams import update_streams
+from ingest.order import Abandoned, Restart, Turn
 from ingest.validate import Event, Quarantined, Status, Telemetry, Validated
 from pulsewire import rollups
 from pulsewire.db import TRANSIENT_ERRORS, connect, int_array, text_array
@@ -64,11 +65,17 @@ class BatchOutcome:
 class BatchWriter:
     """Writes validated batches to one PostgreSQL connection, reconnecting when it is lost."""
 
-    def __init__(self, url: str, *, quarantine_payload_max_bytes: int = 4_096) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        quarantine_payload_max_bytes: int = 4_096,
+        refresher: rollups.Refresher | None = None,
+    ) -> None:
         self._url = url
         self._conn: Conn | None = None
         self._keep_bytes = quarantine_payload_max_bytes
-        self._rollups = rollups.Refresher(url)
+        self._rollups = refresher or rollups.Refresher(url)
 
     def close(self) -> None:
         """Close the connection (a later call reconnects)."""
@@ -86,22 +93,38 @@ class BatchWriter:
         rows = self._run(lambda c: c.execute(query).fetchall())
         return {str(r["device_id"]): str(r["kind"]) for r in rows}
 
-    def write(self, items: Sequence[Validated], payloads: Sequence[bytes] | None = None) -> BatchOutcome:
+    def write(
+        self,
+        items: Sequence[Validated],
+        payloads: Sequence[bytes] | None = None,
+        *,
+        turn: Turn | None = None,
+        on_commit: Callable[[BatchOutcome], None] = lambda _outcome: None,
+    ) -> BatchOutcome:
         """Store a batch in one transaction; DatabaseError means nothing was stored.
 
         `payloads` (the raw messages, in the same order) are what a refused message is quarantined with.
+        With several writers, `turn` is the batch's place in their `BatchOrder` (`ingest.order`), and
+        `on_commit` runs once it is committed, before the next batch may commit; `Restart` means
+        "write it again", `Abandoned` that the worker stops (nothing stored either way).
         """
         self._rollups.poke()  # what earlier batches committed, rolled up in the background when due
-        keep = self._keep_bytes
+        keep, turn = self._keep_bytes, turn or Turn.alone()
         try:
-            return self._run(lambda c: _write_batch(c, items, keep))
-        except _Refused:
-            pass
-        # The common path has no savepoints; only a refused batch pays for them.
-        try:
-            return self._run(lambda c: _write_isolating(c, items, payloads, keep))
+            try:
+                out = self._run(lambda c: _write_batch(c, items, keep, turn))
+            except _Refused:
+                turn.failed()
+                # The common path has no savepoints; only a refused batch pays for them.
+                out = self._run(lambda c: _write_isolating(c, items, payloads, keep, turn))
         except _Refused as exc:  # not even as quarantine rows: keep the batch (unacked) and say why
+            turn.failed()
             raise DatabaseError(f"database refuses the batch even message by message: {exc.detail}") from exc
+        except DatabaseError:
+            turn.failed()
+            raise
+        turn.committed(lambda: on_commit(out))
+        return out
 
     def maintain_storage(self, retention_days: int, quarantine_retention_days: int) -> bool:
         """Run storage maintenance unless another worker is; True when it ran here."""
@@ -144,6 +167,10 @@ class BatchWriter:
             if conn is not None:
                 self._rollback(conn)
             raise DatabaseError(f"database refused the batch: {exc}") from exc
+        except (Restart, Abandoned):
+            if conn is not None:
+                self._rollback(conn)
+            raise
 
     def _rollback(self, conn: Conn) -> None:
         try:
@@ -173,9 +200,14 @@ def _describe(exc: psycopg.Error) -> str:
 
 
 def _write_isolating(
-    conn: Conn, items: Sequence[Validated], payloads: Sequence[bytes] | None, keep: int
+    conn: Conn, items: Sequence[Validated], payloads: Sequence[bytes] | None, keep: int, turn: Turn
 ) -> BatchOutcome:
-    """Write `items` in one transaction, each message PostgreSQL refuses quarantined as `db_rejected`."""
+    """Write `items` in one transaction, each message PostgreSQL refuses quarantined as `db_rejected`.
+
+    Rare, so simple: it waits for every earlier batch to commit, and no later one claims meanwhile.
+    """
+    turn.claim()
+    turn.committing()
     with conn.transaction():
         out, refused = store(conn, items, keep)
         bad: list[Quarantined] = []
@@ -191,7 +223,7 @@ def _write_isolating(
             bad.append(Quarantined(topic, device_id, QuarantineReason.DB_REJECTED, _describe(exc), payload))
         if bad:
             log.warning("database refused %d message(s); quarantined as db_rejected", len(bad))
-            out.add(_write_batch(conn, bad, keep))
+            out.add(_write_batch(conn, bad, keep, None))
     return out
 
 
@@ -204,7 +236,7 @@ def store(
     """
     try:
         with conn.transaction():  # a savepoint
-            return _write_batch(conn, items, keep), []
+            return _write_batch(conn, items, keep, None), []
     except _DATA_ERRORS as exc:
         if len(items) == 1:
             return BatchOutcome(), [(offset, exc)]
@@ -215,7 +247,8 @@ def store(
     return out, refused + more
 
 
-def _write_batch(conn: Conn, items: Sequence[Validated], keep: int) -> BatchOutcome:
+def _write_batch(conn: Conn, items: Sequence[Validated], keep: int, turn: Turn | None) -> BatchOutcome:
+    """The batch's statements; with a `turn`, its claim and its tail each wait for the batch before."""
     out = BatchOutcome(messages=len(items))
     unique: dict[Key, Telemetry | Event] = {}
     statuses: dict[str, Status] = {}
@@ -229,11 +262,17 @@ def _write_batch(conn: Conn, items: Sequence[Validated], keep: int) -> BatchOutc
             statuses[item.device_id] = _latest_status(statuses.get(item.device_id), item)
         else:
             bad.append(item)
+    if turn is not None:
+        turn.claim()
     new = _claim(conn, unique)
+    _store_quarantine(conn, bad, keep, out)
+    if turn is not None:
+        turn.claimed()
     out.duplicates = sequenced - len(new)
     spans = _copy_readings(conn, [m for m in new if isinstance(m, Telemetry)], out)
     _copy_events(conn, [m for m in new if isinstance(m, Event)], spans, out)
-    _store_quarantine(conn, bad, keep, out)
+    if turn is not None:
+        turn.committing()
     # Pipelined: the statements below go out without waiting for each other's answers (only a
     # read of results waits), one round trip instead of six; errors still surface here.
     with conn.pipeline():

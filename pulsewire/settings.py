@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     api_port: int = 8080
     # ingest
     batch_max_rows: int = Field(default=20_000, ge=1)
+    # PostgreSQL connections a worker writes with: batches are copied in parallel, claimed and
+    # committed in order (ingest/order.py)
+    ingest_writers: int = Field(default=2, ge=1, le=8)
     flush_interval_ms: int = Field(default=50, ge=1)
     queue_max_messages: int = Field(default=50_000, ge=100)
     max_future_skew_s: int = Field(default=300, ge=0)

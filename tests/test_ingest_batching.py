@@ -35,16 +35,19 @@ def test_a_message_that_arrives_during_a_commit_goes_with_the_next_one(
 ) -> None:
     world.add_device("veh-batching", "vehicle")
     with running_ingest(settings, "batching", flush_interval_ms=int(FLUSH_S * 1000)) as service:
-        write = service._writer.write
+        writer = service._writers[0]
+        write = writer.write
         calls: list[float] = []
 
-        def slow_first(items: Sequence[Validated], payloads: Sequence[bytes] | None = None) -> BatchOutcome:
+        def slow_first(
+            items: Sequence[Validated], payloads: Sequence[bytes] | None = None, **order: Any
+        ) -> BatchOutcome:
             calls.append(time.monotonic())
             if len(calls) == 1:
                 time.sleep(SLOW_COMMIT_S)  # the writer is busy with the first batch meanwhile
-            return write(items, payloads)
+            return write(items, payloads, **order)
 
-        service._writer.write = slow_first  # type: ignore[method-assign]
+        writer.write = slow_first  # type: ignore[method-assign]
         with Publisher(settings.mqtt()) as pub:
             pub.publish_all([telemetry("veh-batching", 0, [("rpm", 800.0)])])
             wait_for(lambda: calls, 5, "the first batch in the writer")
