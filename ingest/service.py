@@ -307,7 +307,8 @@ class IngestService:
         return batch
 
     def _writer_busy(self) -> bool:
-        return any(self._writing) or not self._handoff.empty()
+        """Whether no writer would take a batch now (each is committing, or one waits in the queue)."""
+        return all(self._writing) or not self._handoff.empty()
 
     def _commit(self, batch: _Batch, writer: BatchWriter) -> bool:
         """Commit `batch` (retrying while PostgreSQL is away) and queue its acks; False if abandoned.

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+import pytest
 
 from ingest.validate import Validated
 from ingest.writer import BatchOutcome
@@ -30,32 +31,37 @@ def _stored(conn: Conn, device_id: str, seq: int) -> bool:
     return row is not None
 
 
+@pytest.mark.parametrize("writers", [1, 2])
 def test_a_message_that_arrives_during_a_commit_goes_with_the_next_one(
-    world: World, settings: Settings, conn: Conn
+    world: World, settings: Settings, conn: Conn, writers: int
 ) -> None:
-    world.add_device("veh-batching", "vehicle")
-    with running_ingest(settings, "batching", flush_interval_ms=int(FLUSH_S * 1000)) as service:
-        writer = service._writers[0]
-        write = writer.write
+    """With one writer, the message goes when the commit ends; with two, the idle one takes it at
+    once and commits it right after the slow one (batches commit in order)."""
+    world.add_device(f"veh-batching-{writers}", "vehicle")
+    device = f"veh-batching-{writers}"
+    flush_ms = int(FLUSH_S * 1000)
+    with running_ingest(settings, "batching", flush_interval_ms=flush_ms, ingest_writers=writers) as service:
         calls: list[float] = []
+        for writer in service._writers:
 
-        def slow_first(
-            items: Sequence[Validated], payloads: Sequence[bytes] | None = None, **order: Any
-        ) -> BatchOutcome:
-            calls.append(time.monotonic())
-            if len(calls) == 1:
-                time.sleep(SLOW_COMMIT_S)  # the writer is busy with the first batch meanwhile
-            return write(items, payloads, **order)
+            def slow_first(
+                items: Sequence[Validated], payloads: Sequence[bytes] | None = None, *,
+                _write: Any = writer.write, **order: Any,
+            ) -> BatchOutcome:  # fmt: skip
+                calls.append(time.monotonic())
+                if len(calls) == 1:
+                    time.sleep(SLOW_COMMIT_S)  # a writer is busy with the first batch meanwhile
+                return _write(items, payloads, **order)  # type: ignore[no-any-return]
 
-        writer.write = slow_first  # type: ignore[method-assign]
+            writer.write = slow_first  # type: ignore[method-assign]
         with Publisher(settings.mqtt()) as pub:
-            pub.publish_all([telemetry("veh-batching", 0, [("rpm", 800.0)])])
+            pub.publish_all([telemetry(device, 0, [("rpm", 800.0)])])
             wait_for(lambda: calls, 5, "the first batch in the writer")
-            pub.publish_all([telemetry("veh-batching", 1, [("rpm", 810.0)])])
+            pub.publish_all([telemetry(device, 1, [("rpm", 810.0)])])
             sent = time.monotonic()
-            wait_for(lambda: _stored(conn, "veh-batching", 1), FLUSH_S + 5, "the second message")
+            wait_for(lambda: _stored(conn, device, 1), FLUSH_S + 5, "the second message")
             waited = time.monotonic() - sent
-    assert _stored(conn, "veh-batching", 0)
+    assert _stored(conn, device, 0)
     # It went when the slow commit ended (at most SLOW_COMMIT_S after it was sent), not when its
     # batch's timer ran out (FLUSH_S).
     assert waited < SLOW_COMMIT_S + 1.5 < FLUSH_S, f"{waited:.2f} s"
