@@ -52,14 +52,19 @@ def test_up_runs_everything_and_ctrl_c_stops_it() -> None:
                 row = conn.execute("SELECT count(*) AS n FROM readings").fetchone()
             return row is not None and int(str(row["n"])) > 0
 
-        wait_for(readings_stored, 90, "simulated readings to be stored", interval_s=0.5)
+        try:
+            wait_for(readings_stored, 90, "simulated readings to be stored", interval_s=0.5)
+        except AssertionError as exc:  # say what the services said
+            log.flush()
+            tail = (state_dir / "up.log").read_text(errors="replace")[-6000:]
+            raise AssertionError(f"{exc}; the end of up.log:\n{tail}") from None
         # Each component logs in as itself (least privilege), never as the operator's full-access login.
         broker_log = (state_dir / "mosquitto" / "mosquitto.log").read_text()
         assert "u'pulsewire-ingest')" in broker_log and "u'pulsewire')" not in broker_log
         # The simulated devices log in with their certificates (mutual TLS), none with a password.
-        connections = [line for line in broker_log.splitlines() if "New connection from" in line]
-        assert any(line.endswith(f" on port {info.mqtts_port}.") for line in connections)
-        assert not any(line.endswith(f" on port {info.mqtt_port}.") for line in connections)
+        assert logged_in_on(broker_log, info.mqtts_port)
+        # The stack's own readiness probe opens (and closes) a TCP connection there; nobody logs in.
+        assert not logged_in_on(broker_log, info.mqtt_port)
         banner = (state_dir / "up.log").read_text()
         assert f"https://127.0.0.1:{port}/" in banner and "clinician@demo.pulsewire" in banner
 
@@ -74,6 +79,27 @@ def test_up_runs_everything_and_ctrl_c_stops_it() -> None:
         Stack(state_dir).down()
         log.close()
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def logged_in_on(broker_log: str, port: int) -> list[str]:
+    """The clients that logged in (sent CONNECT and were accepted) through the listener at `port`.
+
+    Mosquitto logs `New connection from ADDR on port P.` when it accepts a socket, then
+    `New client connected from ADDR as ID (...)` once the client has authenticated.
+    """
+    lines = broker_log.splitlines()
+    suffix = f" on port {port}."
+    addresses = {
+        line.split("New connection from ", 1)[1].removesuffix(suffix)
+        for line in lines
+        if "New connection from " in line and line.endswith(suffix)
+    }
+    return [
+        line
+        for line in lines
+        if "New client connected from " in line
+        and line.split("New client connected from ", 1)[1].split(" ", 1)[0] in addresses
+    ]
 
 
 def trusting(ca_file: str) -> ssl.SSLContext:
