@@ -5,11 +5,13 @@ reads each packet's fixed header a byte at a time (three `recv()` calls a messag
 `Properties` object, an `MQTTMessage` and a debug log line and matches callbacks per message, and
 `ack()` costs a wake-up byte and a `send()` per message. `FastClient` reads ahead, hands the common
 QoS 1 PUBLISH straight to a sink, and queues many PUBACKs as one write; see docs/benchmarks.md
-for what it measured. Everything else (CONNECT, SUBSCRIBE, keepalive, other publishes) is paho's.
+for what it measured. Everything else (CONNECT, SUBSCRIBE, keepalive, other publishes) is paho's,
+except that a PINGRESP late behind a backlog is not taken for a dead connection (`loop_misc`).
 
 It overrides or calls three private members of `paho.mqtt.client.Client`, with their 2.2 shapes:
 `_sock_recv(bufsize) -> bytes`, `_handle_publish() -> MQTTErrorCode` reading `_in_packet["command"]`
-and `_in_packet["packet"]`, and `_packet_queue(command, packet, mid, qos)`; it also reads `_sock`.
+and `_in_packet["packet"]`, and `_packet_queue(command, packet, mid, qos)`; it also reads `_sock`,
+`_keepalive` and `_last_bytes_received` (a `time_func()` reading) and clears `_ping_t`.
 The paho pin in pyproject.toml points here, and `tests/test_paho_fastpath.py` fails when any of
 them changes shape, before a silent misbehaviour could.
 """
@@ -52,6 +54,21 @@ class FastClient(mqtt.Client):
         blob = b"".join(_PUBACK.pack(0x40, 2, mid) for mid in mids)
         if blob and self.socket() is not None:
             self._packet_queue(PacketTypes.PUBACK << 4, blob, 0, 0)
+
+    def loop_misc(self) -> MQTTErrorCode:
+        """paho's keepalive, with the wait for a PINGRESP counted from the last byte received.
+
+        The broker answers a PINGREQ after every packet it had already queued for us. With a
+        backlog of tens of thousands of messages that is longer than the keepalive (85 s measured
+        in the ingest bench, docs/benchmarks.md), and paho then closed a connection that was
+        delivering all along: "Keep alive timeout", and the broker sent the whole unacked window
+        again. Bytes still arriving prove the connection alive, so the outstanding ping is
+        forgotten (paho sends the next one on schedule, which keeps the broker's side satisfied);
+        a connection silent for a keepalive is still closed as before.
+        """
+        if self._ping_t and mqtt.time_func() - self._last_bytes_received < self._keepalive:
+            self._ping_t = 0
+        return super().loop_misc()
 
     def _handle_publish(self) -> MQTTErrorCode:
         command, packet = self._in_packet["command"], self._in_packet["packet"]

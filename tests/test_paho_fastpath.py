@@ -32,6 +32,9 @@ def test_the_private_paho_members_keep_their_shape() -> None:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     assert {"command", "packet"} <= set(client._in_packet)
     assert client._sock is None
+    # The keepalive override: paho's clock, the last byte's time on it, the outstanding PINGREQ's.
+    assert client._ping_t == 0 and client._keepalive == 60
+    assert abs(client._last_bytes_received - mqtt.time_func()) < 60
 
 
 class _Got:
@@ -108,3 +111,66 @@ def test_qos1_goes_to_the_sink_and_only_acknowledged_messages_are_not_resent(sta
         consumer.close()
         publisher.disconnect()
         publisher.loop_stop()
+
+
+def _connected(stack_info: StackInfo, keepalive_s: int, got: _Got, topic: str) -> FastClient:
+    """A FastClient connected and subscribed to `topic`, driven by the caller (no thread)."""
+    options = ConnectOptions.from_target(
+        MqttTarget.parse(stack_info.mqtt_url), f"ka-{uuid.uuid4().hex[:8]}", keepalive_s=keepalive_s
+    )
+    client = paho_client(options, client_class=FastClient, manual_ack=True, fast_sink=got.on_fast)
+    subscribed = threading.Event()
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+    client.on_subscribe = lambda *_: subscribed.set()
+    paho_connect(client, options)
+    wait_for(lambda: client.loop(0.05) is not None and subscribed.is_set(), what="SUBACK")
+    return client
+
+
+def _publish(stack_info: StackInfo, topic: str, body: bytes) -> None:
+    options = ConnectOptions.from_target(MqttTarget.parse(stack_info.mqtt_url), f"pub-{uuid.uuid4().hex[:8]}")
+    publisher = paho_client(options)
+    paho_connect(publisher, options)
+    publisher.loop_start()
+    try:
+        publisher.publish(topic, body, qos=1).wait_for_publish(10)
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+
+
+def test_a_pingresp_late_behind_a_backlog_does_not_close_a_connection_that_delivers(
+    stack_info: StackInfo,
+) -> None:
+    keepalive = 10
+    topic = topics.scratch(f"ka-{uuid.uuid4().hex[:8]}")
+    got = _Got()
+    client = _connected(stack_info, keepalive, got, topic)
+    try:
+        _publish(stack_info, topic, b"still flowing")
+        wait_for(lambda: client.loop(0.05) is not None and len(got.fast) == 1, what="a message")
+        # What a backlog leaves behind: the PINGREQ went out over a keepalive ago and its PINGRESP
+        # still waits behind the messages queued before it, while bytes keep arriving and our own
+        # packets went out lately. Plain paho closes here ("Keep alive timeout").
+        client._ping_t = mqtt.time_func() - keepalive - 1
+        assert client.loop_misc() is mqtt.MQTT_ERR_SUCCESS
+        assert client.socket() is not None and client._ping_t == 0
+        _publish(stack_info, topic, b"and after")
+        wait_for(lambda: client.loop(0.05) is not None and len(got.fast) == 2, what="the next message")
+    finally:
+        client.disconnect()
+        client.loop(0.05)
+
+
+def test_a_connection_silent_for_a_keepalive_with_a_ping_unanswered_is_still_closed(
+    stack_info: StackInfo,
+) -> None:
+    keepalive = 10
+    got = _Got()
+    client = _connected(stack_info, keepalive, got, topics.scratch(f"ka-{uuid.uuid4().hex[:8]}"))
+    reasons: list[str] = []
+    client.on_disconnect = lambda c, u, flags, reason, props: reasons.append(str(reason))
+    # Nothing has arrived for longer than a keepalive, and the PINGREQ is unanswered: a dead link.
+    client._last_bytes_received = client._ping_t = mqtt.time_func() - keepalive - 1
+    client.loop_misc()
+    assert client.socket() is None and reasons and set(reasons) == {"Keep alive timeout"}
