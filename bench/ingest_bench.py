@@ -303,7 +303,7 @@ def _counts(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(","))
 
 
-DEFAULT_SETUPS = "1x1,1x2,2x2"  # one writer, then the default two, then two such workers
+DEFAULT_SETUPS = "1x1,1x2,2x1"  # the default (one writer), then two writers, then two default workers
 
 
 def _setups(text: str) -> tuple[tuple[int, int], ...]:

@@ -43,8 +43,10 @@ class Settings(BaseSettings):
     # ingest
     batch_max_rows: int = Field(default=20_000, ge=1)
     # PostgreSQL connections a worker writes with: batches are copied in parallel, claimed and
-    # committed in order (ingest/order.py)
-    ingest_writers: int = Field(default=2, ge=1, le=8)
+    # committed in order (ingest/order.py). 1 by default: a second one adds throughput at several
+    # readings a message but a batch then also waits for the one before it to commit, which
+    # lengthened red-alert latency (docs/benchmarks.md).
+    ingest_writers: int = Field(default=1, ge=1, le=8)
     flush_interval_ms: int = Field(default=50, ge=1)
     queue_max_messages: int = Field(default=50_000, ge=100)
     max_future_skew_s: int = Field(default=300, ge=0)
