@@ -128,11 +128,12 @@ def _acked(info: mqtt.MQTTMessageInfo) -> bool:
 
 
 def start_ingest_process(database_url: str, mqtt_url: str, state_dir: Path, *, client_id: str,
-                         share_group: str, log_path: Path,
-                         metrics_port: int = 0) -> subprocess.Popen[bytes]:  # fmt: skip
+                         share_group: str, log_path: Path, metrics_port: int = 0,
+                         writers: int = 1) -> subprocess.Popen[bytes]:  # fmt: skip
     """`.venv/bin/pulsewire ingest` as a child process, configured by environment like in production."""
     env = dict(os.environ, PULSEWIRE_DATABASE_URL=database_url, PULSEWIRE_MQTT_URL=mqtt_url,
-               PULSEWIRE_STATE_DIR=str(state_dir), PULSEWIRE_FLUSH_INTERVAL_MS="20")  # fmt: skip
+               PULSEWIRE_STATE_DIR=str(state_dir), PULSEWIRE_FLUSH_INTERVAL_MS="20",
+               PULSEWIRE_INGEST_WRITERS=str(writers))  # fmt: skip
     exe = Path(sys.executable).parent / "pulsewire"
     return subprocess.Popen(
         [str(exe), "ingest", "--client-id", client_id, "--share-group", share_group,

@@ -102,9 +102,14 @@ def wait_landed(conn: Conn, device_id: str, messages: int) -> None:
     wait_for(lambda: stored(conn, device_id)[2] >= messages, 60, f"{messages} messages of {device_id}")
 
 
+# The crash and outage tests run with one writer connection (the default) and with two
+# (`PULSEWIRE_INGEST_WRITERS=2`: a batch may be in flight on each when the fault strikes).
+WRITERS = pytest.mark.parametrize("writers", [1, 2])
+
+
 @pytest.fixture
-def in_process(settings: Settings) -> Iterator[IngestService]:
-    with running_ingest(settings, "fault") as svc:
+def in_process(settings: Settings, writers: int) -> Iterator[IngestService]:
+    with running_ingest(settings, "fault", ingest_writers=writers) as svc:
         yield svc
 
 
@@ -113,10 +118,12 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait(30)
 
 
+@WRITERS
 def test_sigkill_mid_stream_then_restart_stores_everything_once(
-    world: World, settings: Settings, stack_info: StackInfo, conn: Conn, tmp_path: Path
+    world: World, settings: Settings, stack_info: StackInfo, conn: Conn, tmp_path: Path, *, writers: int
 ) -> None:
-    world.add_device("imp-kill", "implant")
+    device = f"imp-kill-{writers}"
+    world.add_device(device, "implant")
     group, client_id = secrets.token_hex(4), f"t-kill-{secrets.token_hex(3)}"
 
     def spawn() -> tuple[subprocess.Popen[bytes], Committed]:
@@ -129,14 +136,15 @@ def test_sigkill_mid_stream_then_restart_stores_everything_once(
             share_group=group,
             log_path=tmp_path / "ingest.log",
             metrics_port=port,
+            writers=writers,
         )
         return proc, scraped_statuses(port)
 
     proc, committed = spawn()
     try:
-        settle(settings, "imp-kill", [committed])  # subscribed
-        stream = Stream(settings, "imp-kill").start()
-        wait_landed(conn, "imp-kill", MESSAGES // 3)
+        settle(settings, device, [committed])  # subscribed
+        stream = Stream(settings, device).start()
+        wait_landed(conn, device, MESSAGES // 3)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         sent = stream.published
@@ -149,12 +157,14 @@ def test_sigkill_mid_stream_then_restart_stores_everything_once(
             proc.kill()
 
 
+@WRITERS
 def test_postgres_down_for_seconds_loses_nothing(
-    world: World, settings: Settings, stack: Stack, conn: Conn, in_process: IngestService
+    world: World, settings: Settings, stack: Stack, conn: Conn, in_process: IngestService, *, writers: int
 ) -> None:
-    world.add_device("imp-pg", "implant")
-    stream = Stream(settings, "imp-pg").start()
-    wait_landed(conn, "imp-pg", MESSAGES // 3)
+    device = f"imp-pg-{writers}"
+    world.add_device(device, "implant")
+    stream = Stream(settings, device).start()
+    wait_landed(conn, device, MESSAGES // 3)
     conn.close()
     retries, sent = in_process.metrics.db_retries._value.get(), stream.published
     stack.stop_postgres()
@@ -177,21 +187,25 @@ def test_postgres_down_for_seconds_loses_nothing(
     assert in_process.alive
 
 
+@WRITERS
 def test_broker_restart_mid_stream_loses_nothing(
-    world: World, settings: Settings, stack: Stack, conn: Conn
+    world: World, settings: Settings, stack: Stack, conn: Conn, writers: int
 ) -> None:
     # A single worker on plain subscriptions: Mosquitto 2.0.11 restores those from its persistence
     # file, but not shared ones (see ingest._consumer.shared_topics).
-    world.add_device("imp-brk", "implant")
+    device = f"imp-brk-{writers}"
+    world.add_device(device, "implant")
     client_id = f"t-brk-{secrets.token_hex(3)}"
     svc = IngestService(
-        settings.model_copy(update={"flush_interval_ms": 20}), client_id=client_id, share_group=""
+        settings.model_copy(update={"flush_interval_ms": 20, "ingest_writers": writers}),
+        client_id=client_id,
+        share_group="",
     )
     svc.start()
     try:
         assert svc.wait_subscribed(15)
-        stream = Stream(settings, "imp-brk").start()
-        wait_landed(conn, "imp-brk", MESSAGES // 3)
+        stream = Stream(settings, device).start()
+        wait_landed(conn, device, MESSAGES // 3)
         stack.restart_broker()
         assert_exactly_once(conn, stream, settings, [in_process_statuses(svc)])
         assert svc.alive
