@@ -28,6 +28,15 @@ def _in_thread(work: Callable[[], object]) -> tuple[threading.Thread, list[objec
     return thread, out
 
 
+def _claimed(order: BatchOrder, batches: int) -> list[Turn]:
+    """The first `batches` turns of `order`, each having claimed, in order."""
+    turns = [Turn(order, number) for number in range(batches)]
+    for turn in turns:
+        turn.claim()
+        turn.claimed()
+    return turns
+
+
 def test_a_batch_claims_only_after_the_one_before() -> None:
     order = BatchOrder(2)
     second = Turn(order, 1)
@@ -43,11 +52,7 @@ def test_a_batch_claims_only_after_the_one_before() -> None:
 
 def test_a_batch_commits_only_after_the_one_before_and_runs_its_hook_in_order() -> None:
     order = BatchOrder(2)
-    first, second = Turn(order, 0), Turn(order, 1)
-    first.claim()
-    first.claimed()
-    second.claim()
-    second.claimed()
+    first, second = _claimed(order, 2)
     log: list[int] = []
 
     def commit_second() -> None:
@@ -66,11 +71,7 @@ def test_a_batch_commits_only_after_the_one_before_and_runs_its_hook_in_order() 
 
 def test_an_earlier_batch_that_fails_sends_later_claimed_ones_back_to_their_claim() -> None:
     order = BatchOrder(3)
-    first, second = Turn(order, 0), Turn(order, 1)
-    first.claim()
-    first.claimed()
-    second.claim()
-    second.claimed()
+    first, second = _claimed(order, 2)
     thread, out = _in_thread(second.committing)
     time.sleep(SETTLE_S)
     first.failed()  # e.g. the connection was lost before its commit
@@ -92,11 +93,7 @@ def test_an_earlier_batch_that_fails_sends_later_claimed_ones_back_to_their_clai
 
 def test_a_later_batch_that_fails_leaves_earlier_ones_alone() -> None:
     order = BatchOrder(2)
-    first, second = Turn(order, 0), Turn(order, 1)
-    first.claim()
-    first.claimed()
-    second.claim()
-    second.claimed()
+    first, second = _claimed(order, 2)
     second.failed()
     first.committing()  # not restarted
     first.committed(lambda: None)
