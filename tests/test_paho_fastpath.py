@@ -19,6 +19,7 @@ from pulsewire.settings import MqttTarget
 from pulsewire.stack import StackInfo
 from schemas import topics
 from tests.helpers import wait_for
+from tests.ingest_support import Publisher
 
 
 def _parameters(name: str) -> list[str]:
@@ -54,20 +55,25 @@ class _Got:
             self.slow.append(bytes(msg.payload))
 
 
+def _connected(options: ConnectOptions, got: _Got, topic: str) -> FastClient:
+    """A FastClient connected and subscribed to `topic`; the caller drives it from then on."""
+    client = paho_client(options, client_class=FastClient, manual_ack=True, fast_sink=got.on_fast)
+    client.on_message = got.on_message
+    subscribed = threading.Event()
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+    client.on_subscribe = lambda *_: subscribed.set()
+    paho_connect(client, options)
+    wait_for(lambda: client.loop(0.05) is not None and subscribed.is_set(), what="SUBACK")
+    return client
+
+
 class _Consumer:
     """A FastClient driven as ingest drives it: select() cannot see bytes already read ahead."""
 
     def __init__(self, options: ConnectOptions, got: _Got, topic: str) -> None:
-        client = paho_client(options, client_class=FastClient, manual_ack=True, fast_sink=got.on_fast)
-        client.on_message = got.on_message
-        subscribed = threading.Event()
-        client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-        client.on_subscribe = lambda *_: subscribed.set()
-        paho_connect(client, options)
-        self.client, self._stop = client, threading.Event()
+        self.client, self._stop = _connected(options, got, topic), threading.Event()
         self._thread = threading.Thread(target=self._drive, daemon=True)
         self._thread.start()
-        assert subscribed.wait(10), "no SUBACK"
 
     def _drive(self) -> None:
         client = self.client
@@ -113,30 +119,9 @@ def test_qos1_goes_to_the_sink_and_only_acknowledged_messages_are_not_resent(sta
         publisher.loop_stop()
 
 
-def _connected(stack_info: StackInfo, keepalive_s: int, got: _Got, topic: str) -> FastClient:
-    """A FastClient connected and subscribed to `topic`, driven by the caller (no thread)."""
-    options = ConnectOptions.from_target(
-        MqttTarget.parse(stack_info.mqtt_url), f"ka-{uuid.uuid4().hex[:8]}", keepalive_s=keepalive_s
-    )
-    client = paho_client(options, client_class=FastClient, manual_ack=True, fast_sink=got.on_fast)
-    subscribed = threading.Event()
-    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-    client.on_subscribe = lambda *_: subscribed.set()
-    paho_connect(client, options)
-    wait_for(lambda: client.loop(0.05) is not None and subscribed.is_set(), what="SUBACK")
-    return client
-
-
-def _publish(stack_info: StackInfo, topic: str, body: bytes) -> None:
-    options = ConnectOptions.from_target(MqttTarget.parse(stack_info.mqtt_url), f"pub-{uuid.uuid4().hex[:8]}")
-    publisher = paho_client(options)
-    paho_connect(publisher, options)
-    publisher.loop_start()
-    try:
-        publisher.publish(topic, body, qos=1).wait_for_publish(10)
-    finally:
-        publisher.disconnect()
-        publisher.loop_stop()
+def _keepalive_options(stack_info: StackInfo, keepalive_s: int) -> ConnectOptions:
+    target = MqttTarget.parse(stack_info.mqtt_url)
+    return ConnectOptions.from_target(target, f"ka-{uuid.uuid4().hex[:8]}", keepalive_s=keepalive_s)
 
 
 def test_a_pingresp_late_behind_a_backlog_does_not_close_a_connection_that_delivers(
@@ -145,9 +130,10 @@ def test_a_pingresp_late_behind_a_backlog_does_not_close_a_connection_that_deliv
     keepalive = 10
     topic = topics.scratch(f"ka-{uuid.uuid4().hex[:8]}")
     got = _Got()
-    client = _connected(stack_info, keepalive, got, topic)
+    client = _connected(_keepalive_options(stack_info, keepalive), got, topic)
+    publisher = Publisher(MqttTarget.parse(stack_info.mqtt_url))
     try:
-        _publish(stack_info, topic, b"still flowing")
+        publisher.publish_all([(topic, b"still flowing")])
         wait_for(lambda: client.loop(0.05) is not None and len(got.fast) == 1, what="a message")
         # What a backlog leaves behind: the PINGREQ went out over a keepalive ago and its PINGRESP
         # still waits behind the messages queued before it, while bytes keep arriving and our own
@@ -155,9 +141,10 @@ def test_a_pingresp_late_behind_a_backlog_does_not_close_a_connection_that_deliv
         client._ping_t = mqtt.time_func() - keepalive - 1
         assert client.loop_misc() is mqtt.MQTT_ERR_SUCCESS
         assert client.socket() is not None and client._ping_t == 0
-        _publish(stack_info, topic, b"and after")
+        publisher.publish_all([(topic, b"and after")])
         wait_for(lambda: client.loop(0.05) is not None and len(got.fast) == 2, what="the next message")
     finally:
+        publisher.close()
         client.disconnect()
         client.loop(0.05)
 
@@ -167,7 +154,8 @@ def test_a_connection_silent_for_a_keepalive_with_a_ping_unanswered_is_still_clo
 ) -> None:
     keepalive = 10
     got = _Got()
-    client = _connected(stack_info, keepalive, got, topics.scratch(f"ka-{uuid.uuid4().hex[:8]}"))
+    topic = topics.scratch(f"ka-{uuid.uuid4().hex[:8]}")
+    client = _connected(_keepalive_options(stack_info, keepalive), got, topic)
     reasons: list[str] = []
     client.on_disconnect = lambda c, u, flags, reason, props: reasons.append(str(reason))
     # Nothing has arrived for longer than a keepalive, and the PINGREQ is unanswered: a dead link.
