@@ -20,17 +20,18 @@ device whose evaluation fails as a whole is put back with a delay, and the round
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import psycopg
+from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from relay import alerts
-from relay.evaluate import Clear, Event, Fire, Item, Sample, Signal, State, relevant, step
+from relay.evaluate import Clear, Event, Fire, Item, Sample, Signal, State, relevant, step, stepper
 from relay.faults import RuleFault, defer_device, record_rule_faults
 from relay.rules import EFFECTIVE_SQL, Rule, usable_rules_of
 
@@ -230,7 +231,7 @@ def _evaluate_range(conn: Conn, batch: _Batch, span: tuple[datetime, datetime, l
     device_id, rules, stored = batch.device["device_id"], batch.rules, batch.states
     # Serialized copies: states hold nested windows that rules mutate in place.
     batch.loaded = {key: _dump(state) for key, state in stored.items()}
-    items = fetch_items(conn, device_id, rules, lo - timedelta(microseconds=1), hi, xids=xids)
+    items = _Indexed(fetch_items(conn, device_id, rules, lo - timedelta(microseconds=1), hi, xids=xids))
     late: dict[str, list[Item]] = {}
     for rule in rules:
         if rule.kind != "absence":
@@ -268,7 +269,7 @@ def _isolated(conn: Conn, batch: _Batch, rule: Rule, *, savepoint: bool = True) 
         batch.faults.append(RuleFault.of(rule.rule_id, rule.key, batch.device["device_id"], exc))
 
 
-def _advance(conn: Conn, batch: _Batch, rule: Rule, items: list[Item]) -> list[Item]:
+def _advance(conn: Conn, batch: _Batch, rule: Rule, items: _Indexed) -> list[Item]:
     """Feed the rule the items past its own watermark; return the ones before it (out of order).
 
     The watermark is per rule (the newest item the rule has read), so a nightly upload whose
@@ -280,15 +281,17 @@ def _advance(conn: Conn, batch: _Batch, rule: Rule, items: list[Item]) -> list[I
     before = len(batch.faults)
     with _isolated(conn, batch, rule, savepoint=False):
         state = batch.states.setdefault(rule.key, {})
-        mark = state.get("wm")
-        for item in items:
-            if not relevant(rule, item):
+        mark: float | None = state.get("wm")
+        handler, tolerance = stepper(rule), batch.cfg.reorder_tolerance_s
+        epochs, every = items.epochs, items.items
+        for n in items.read_by(rule):
+            ts = epochs[n]
+            if mark is not None and ts <= mark - tolerance:
+                old.append(every[n])
                 continue
-            if mark is not None and item.ts.timestamp() <= mark - batch.cfg.reorder_tolerance_s:
-                old.append(item)
-                continue
-            signals += step(rule, state, item)
-            state["wm"] = mark = max(mark or 0.0, item.ts.timestamp())
+            signals += handler(rule, state, every[n])
+            mark = ts if mark is None or ts > mark else mark
+            state["wm"] = mark
     if len(batch.faults) > before:
         return []  # the rule failed on this device: skipped, late items included
     if signals:
@@ -296,6 +299,28 @@ def _advance(conn: Conn, batch: _Batch, rule: Rule, items: list[Item]) -> list[I
             for signal in signals:
                 _apply_current(conn, batch, rule, signal)
     return old
+
+
+class _Indexed:
+    """A batch's items in event-time order, with their epoch seconds, indexed by what reads them.
+
+    Each rule then walks only the items it reads, instead of every rule testing every item.
+    """
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items = items
+        self.epochs = [item.ts.timestamp() for item in items]
+        self._by_read: dict[tuple[str, str], list[int]] = {}
+        for n, item in enumerate(items):
+            read = ("event", item.type) if isinstance(item, Event) else ("metric", item.metric)
+            self._by_read.setdefault(read, []).append(n)
+
+    def read_by(self, rule: Rule) -> Sequence[int]:
+        """Positions of the items `rule` reads, in order."""
+        lists = [self._by_read[read] for read in rule.reads if read in self._by_read]
+        if len(lists) == 1:
+            return lists[0]
+        return sorted(n for positions in lists for n in positions)
 
 
 def fetch_items(
@@ -319,22 +344,20 @@ def fetch_items(
     tail = f" ORDER BY ts DESC LIMIT {int(limit)}" if limit else " ORDER BY ts"
     own = " AND xmin = ANY(%s::xid[])" if xids is not None else ""
     extra = (xids,) if xids is not None else ()
-    with conn.pipeline():  # both reads in one round trip
-        readings_cur = conn.execute(
+    with conn.pipeline():  # both reads in one round trip, as plain tuples (thousands of rows)
+        readings_cur = conn.cursor(row_factory=tuple_row).execute(
             "SELECT ts, metric, value FROM readings WHERE device_id = %s AND ts > %s AND ts <= %s"
             " AND metric = ANY(%s)" + own + tail,
             (device_id, after, upto, metrics, *extra),
         )
-        events_cur = conn.execute(
+        events_cur = conn.cursor(row_factory=tuple_row).execute(
             "SELECT ts, type, data FROM events WHERE device_id = %s AND ts > %s AND ts <= %s"
             " AND type = ANY(%s)" + own + tail,
             (device_id, after, upto, types, *extra),
         )
     readings, events = readings_cur.fetchall(), events_cur.fetchall()
-    items: list[tuple[datetime, int, Item]] = [
-        (r["ts"], 0, Sample(r["ts"], r["metric"], float(r["value"]))) for r in readings
-    ]
-    items += [(e["ts"], 1, Event(e["ts"], e["type"], dict(e["data"]))) for e in events]
+    items: list[tuple[datetime, int, Item]] = [(ts, 0, Sample(ts, m, float(v))) for ts, m, v in readings]
+    items += [(ts, 1, Event(ts, t, dict(data))) for ts, t, data in events]
     # Readings before events at the same instant; sort is stable for equal keys.
     items.sort(key=lambda t: (t[0], t[1]))
     return [t[2] for t in items]

@@ -95,8 +95,12 @@ def step(rule: Rule, state: State, item: Item) -> list[Signal]:
         return [Clear(item.ts)] if state.pop("silent", False) else []
     if not relevant(rule, item):
         return []
-    handler = _HANDLERS[rule.kind]
-    return handler(rule, state, item)
+    return stepper(rule)(rule, state, item)
+
+
+def stepper(rule: Rule) -> Callable[[Rule, State, Item], list[Signal]]:
+    """`step` for a rule that is not `absence`, for items already known to be `relevant` to it."""
+    return _HANDLERS[rule.kind]
 
 
 def _gate_ok(rule: Rule, state: State, item: Sample) -> bool:

@@ -7,16 +7,19 @@ from typing import Any
 
 import pytest
 
-from relay.evaluate import Clear, Event, Fire, Item, Sample, Signal, State, silence, step
+from relay.engine import _Indexed
+from relay.evaluate import Clear, Event, Fire, Item, Sample, Signal, State, relevant, silence, step
 from relay.rules import Rule, RuleError, load_defaults, validate
 from relay.signing import sign, verify
 
 T0 = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 
 
-def _rule(kind: str, severity: str = "red", auto_resolve: bool = True, **params: Any) -> Rule:
+def _rule(
+    kind: str, severity: str = "red", auto_resolve: bool = True, key: str | None = None, **params: Any
+) -> Rule:
     return Rule(
-        key=f"t.{kind}",
+        key=key or f"t.{kind}",
         name=kind,
         kind=kind,
         severity=severity,
@@ -180,3 +183,28 @@ def test_signature_recipe() -> None:
     assert not verify("other", header, body, 300, now=1_800_000_100)
     assert not verify("whsec_test", header, body, 300, now=1_800_000_400)
     assert not verify("whsec_test", "garbage", body, 300)
+
+
+def test_each_default_rule_walks_exactly_the_items_it_reads() -> None:
+    # The engine indexes a batch's items by what reads them (relay/engine.py `_Indexed`); each
+    # rule must get the same items, in the same order, as testing every item with `relevant`.
+    rules = [
+        _rule(row["kind"], key=row["key"], **row["params"])
+        for rows in load_defaults().values()
+        for row in rows
+    ]
+    metrics = [*sorted({m for rule in rules for m in rule.metrics()}), "unread_metric"]
+    types = [*sorted({t for rule in rules for t in rule.event_types()}), "unread_event"]
+    items: list[Item] = []
+    for i in range(600):
+        ts = T0 + timedelta(seconds=i // 3)  # several items share an instant
+        if i % 5 == 0:
+            items.append(Event(ts, types[i % len(types)], {}))
+        else:
+            items.append(Sample(ts, metrics[i % len(metrics)], float(i)))
+    indexed = _Indexed(items)
+    assert any(len(rule.reads) > 1 for rule in rules)  # gated and multi-metric rules are covered
+    for rule in rules:
+        expected = [n for n, item in enumerate(items) if relevant(rule, item)]
+        assert list(indexed.read_by(rule)) == expected, rule.key
+        assert indexed.epochs == [item.ts.timestamp() for item in items]
