@@ -53,6 +53,17 @@ class EngineConfig:
     # the skew. Older ones are re-evaluated on their own (see _evaluate_late).
     reorder_tolerance_s: float = 300.0
     email: bool = False
+    # Called after a commit that queued deliveries: a worker's own delivery threads start at once
+    # instead of waiting for the `pulsewire_outbox` notification to come back through PostgreSQL.
+    on_deliveries: Callable[[], None] | None = None
+
+
+@dataclass
+class Findings:
+    """What an evaluation leaves for after its commit: rule faults to record, deliveries to start."""
+
+    faults: list[RuleFault] = field(default_factory=list)
+    deliveries: bool = False
 
 
 @dataclass
@@ -148,10 +159,10 @@ def evaluate_one(conn: Conn, device_id: str, cfg: EngineConfig) -> int:
     `due_devices` leaves it.
     """
     for _ in range(5):
-        faults: list[RuleFault] = []
+        found = Findings()
         try:
             with conn.transaction():
-                consumed = evaluate_device(conn, device_id, cfg, faults)
+                consumed = evaluate_device(conn, device_id, cfg, found)
         except psycopg.errors.SerializationFailure:
             continue  # another worker committed this device's state under our snapshot
         except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -159,7 +170,9 @@ def evaluate_one(conn: Conn, device_id: str, cfg: EngineConfig) -> int:
         except Exception as exc:  # this device's data or state: it waits, the round goes on
             defer_device(conn, device_id, exc)
             return 0
-        record_rule_faults(conn, faults)
+        if found.deliveries and cfg.on_deliveries is not None:
+            cfg.on_deliveries()
+        record_rule_faults(conn, found.faults)
         return consumed
     return 0
 
@@ -170,13 +183,11 @@ def lock_device(conn: Conn, device_id: str) -> bool:
     return bool(row and row["got"])
 
 
-def evaluate_device(
-    conn: Conn, device_id: str, cfg: EngineConfig, faults: list[RuleFault] | None = None
-) -> int:
+def evaluate_device(conn: Conn, device_id: str, cfg: EngineConfig, found: Findings | None = None) -> int:
     """Evaluate every queued batch of one device in the caller's transaction; returns batches consumed.
 
     Returns 0 without doing anything when another worker holds the device. A rule that fails is
-    skipped for this device, its fault appended to `faults` for the caller to record once committed.
+    skipped for this device, its fault added to `found` for the caller to record once committed.
     """
     # Everything a device's evaluation reads first, in one round trip (a pipeline). All of it is
     # read from the transaction's one snapshot, which the lock statement takes; without the lock
@@ -207,8 +218,9 @@ def evaluate_device(
             faults=rule_faults,
         )
         _evaluate_range(conn, batch, (lo, hi, sorted({str(q["xid"]) for q in queue})))
-        if faults is not None:
-            faults += batch.faults
+        if found is not None:
+            found.faults += batch.faults
+            found.deliveries = bool(batch.touched)
     with conn.pipeline():  # the writes, in one round trip too (results are read only where needed)
         if batch is not None:
             _save(conn, batch, hi)

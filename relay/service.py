@@ -23,7 +23,7 @@ import psycopg
 from pulsewire.db import connect
 from pulsewire.errors import DatabaseError
 from pulsewire.settings import MqttTarget, Settings
-from pulsewire.wire import EVAL_CHANNEL, OUTBOX_CHANNEL
+from pulsewire.wire import EVAL_CHANNEL, OUTBOX_CHANNEL, event_devices
 from relay.channels import Channels
 from relay.deliver import InFlight, RetryPolicy, deliver_one
 from relay.egress import EgressPolicy
@@ -85,12 +85,15 @@ class RelayWorker:
 
     def __init__(self, cfg: RelayConfig) -> None:
         self.cfg = cfg
-        self.engine = EngineConfig(
-            actor=f"system:{cfg.worker}", late_after_s=cfg.late_after_s, email=bool(cfg.smtp_url)
-        )
         self._stop = threading.Event()
         self._turns = Turns(cfg.eval_threads)
         self._outbox_wake = threading.Event()
+        self.engine = EngineConfig(
+            actor=f"system:{cfg.worker}",
+            late_after_s=cfg.late_after_s,
+            email=bool(cfg.smtp_url),
+            on_deliveries=self._outbox_wake.set if cfg.deliver else None,
+        )
         self._inflight = InFlight(cfg.delivery_threads, on_release=self._outbox_wake.set)
         self._threads: list[threading.Thread] = []
 
@@ -151,7 +154,7 @@ class RelayWorker:
             while not self._stop.is_set():
                 for note in conn.notifies(timeout=self.cfg.poll_s):
                     if note.channel == EVAL_CHANNEL:
-                        self._turns.signal()
+                        self._turns.signal(event_devices(note.payload))
                     else:
                         self._outbox_wake.set()
 

@@ -9,12 +9,17 @@ still meet at the per-device advisory lock.
 Events page, readings mostly do not: with more than one thread, one is always kept for devices
 with queued events, so an event never waits for an evaluation of readings to end. The others take
 either, events first.
+
+A notification names the devices that sent events (`pulsewire.wire.event_devices`); they are handed
+out at once, while another thread asks the database for the rest. A device with events that is
+being evaluated when its new events are announced is handed out again as soon as it is done, not
+left for the next notification or poll.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from relay.engine import Due
 
@@ -28,17 +33,21 @@ class Turns:
         self._busy: dict[str, bool] = {}  # device -> it has events
         self._readings_cap = max(1, threads - 1)
         self._readings_busy = 0
+        self._again: set[str] = set()  # busy devices with new events: ready again when done
         # Set by a notification (and at start: what was queued before we listened); cleared by the
         # thread that then asks the database.
         self._signalled = True
         self._asking = False
         self._closed = False
 
-    def signal(self) -> None:
-        """New work was committed: one waiting thread asks for it."""
+    def signal(self, events: Iterable[str] = ()) -> None:
+        """New work was committed: one waiting thread asks for it, and `events` go to others at once.
+
+        `events` are devices the notification says sent events.
+        """
         with self._cond:
             self._signalled = True
-            self._cond.notify()
+            self._cond.notify(1 + self._add([Due(device, True) for device in events]))
 
     def close(self) -> None:
         """Wake every thread; `take` returns None from now on."""
@@ -74,9 +83,7 @@ class Turns:
         finally:
             with self._cond:
                 self._asking = False
-                known = set(self._busy) | {due.device_id for due in self._ready}
-                self._ready += [due for due in found if due.device_id not in known]
-                self._ready.sort(key=lambda due: not due.events)  # stable: the database's order within
+                self._add(found)
                 device = None if self._closed else self._pick()
                 if self._ready or self._signalled:
                     self._cond.notify()  # the next device, or what came in while we asked
@@ -89,6 +96,31 @@ class Turns:
                 self._readings_busy -= 1
                 if self._ready:
                     self._cond.notify()  # readings that waited for a thread
+            if device in self._again:
+                self._again.discard(device)
+                self._cond.notify(self._add([Due(device, True)]))
+
+    def _add(self, found: list[Due]) -> int:
+        """Make `found` ready, events first; returns how many became ready (caller holds the lock).
+
+        A device already ready stays where it is (taking the events flag if it now has events); a
+        busy one with events is remembered to be ready again when done.
+        """
+        ready = {due.device_id: i for i, due in enumerate(self._ready)}
+        added = 0
+        for due in found:
+            if due.device_id in self._busy:
+                if due.events:
+                    self._again.add(due.device_id)
+            elif due.device_id in ready:
+                if due.events:
+                    self._ready[ready[due.device_id]] = due
+            else:
+                ready[due.device_id] = len(self._ready)
+                self._ready.append(due)
+                added += 1
+        self._ready.sort(key=lambda due: not due.events)  # stable: the database's order within
+        return added
 
     def _pick(self) -> str | None:
         """The first ready device this thread may take (caller holds the lock)."""

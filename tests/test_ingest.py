@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ import psycopg
 import pytest
 
 from ingest import IngestService
+from pulsewire import wire
 from pulsewire.settings import Settings
 from pulsewire.stack import StackInfo
 from schemas import topics
@@ -295,3 +297,32 @@ def test_a_new_ingest_gets_no_retained_copies(world: World, settings: Settings, 
             publisher.client.publish(topic, b"", qos=1, retain=True).wait_for_publish(15)
     assert count(conn, mine, topic) == 1
     assert 'quarantined_total{reason="unregistered_device"}' not in quarantined
+
+
+def test_the_relay_is_told_which_devices_sent_events(world: World, pub: Publisher, db_url: str) -> None:
+    # The notification names them, so a relay evaluates them at once (relay/turns.py); the queue
+    # stays the truth for everything else.
+    world.add_device("imp-hint", "implant")
+    world.add_device("veh-hint", "vehicle")
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {wire.EVAL_CHANNEL}")
+        pub.publish_all(
+            [telemetry("imp-hint", 0, [("heart_rate_bpm", 61)]), event("veh-hint", 0, "mil_on", {})]
+        )
+        named: list[str] = []
+        deadline = time.monotonic() + 15
+        while "veh-hint" not in named and time.monotonic() < deadline:
+            named += [
+                d for n in listener.notifies(timeout=1, stop_after=1) for d in wire.event_devices(n.payload)
+            ]
+    assert "veh-hint" in named
+    assert "imp-hint" not in named, "a device that sent only readings is found by asking the queue"
+
+
+def test_the_event_hint_fits_a_notification_and_ignores_what_is_not_a_device() -> None:
+    many = [f"veh-{n:05d}" for n in range(2_000)]
+    hint = wire._hint(many)
+    assert 0 < len(hint.encode()) <= 4_000 and many[0] in hint.split(" ")
+    assert wire.event_devices(hint) == many[: len(wire.event_devices(hint))]
+    assert wire.event_devices("") == []
+    assert wire.event_devices("a,b ../x veh-1  'x'") == ["veh-1"]

@@ -190,6 +190,25 @@ def test_crash_mid_evaluation_loses_and_repeats_nothing(conn: Conn, world: World
     assert [a["rule_key"] for a in alerts_of(conn, "icd-crash")] == ["implant.device_reset"]
 
 
+def test_the_worker_delivering_is_woken_after_a_commit_that_queued_deliveries(
+    conn: Conn, world: World, db_url: str
+) -> None:
+    # The relay's own delivery threads start without waiting for the notification's round trip.
+    world.add_device("icd-wake")
+    woken: list[int] = []
+
+    def wake() -> None:  # called after the commit: the rows are there to claim
+        woken.append(len(conn.execute("SELECT 1 FROM outbox o JOIN alerts a USING (alert_id)"
+                                      " WHERE a.device_id = 'icd-wake'").fetchall()))  # fmt: skip
+
+    cfg = EngineConfig(on_deliveries=wake)
+    commit_batch(conn, "icd-wake", [(_now(), "heart_rate_bpm", 72)])
+    assert evaluate(db_url, cfg) == 1 and woken == [], "readings that alert nobody wake nobody"
+    commit_batch(conn, "icd-wake", events=[(_now(), "device_reset", {"reason": "watchdog"})])
+    assert evaluate(db_url, cfg) == 1
+    assert len(woken) == 1 and woken[0] > 0
+
+
 def test_device_lock_keeps_a_second_worker_out(conn: Conn, world: World, db_url: str) -> None:
     world.add_device("icd-lock")
     commit_batch(conn, "icd-lock", events=[(_now(), "device_reset", {})])

@@ -14,11 +14,17 @@ class _Evaluators:
     """Evaluator threads taking devices from `turns`, each evaluation taking `seconds[device]`."""
 
     def __init__(
-        self, turns: Turns, answers: list[list[Due]], threads: int, seconds: dict[str, float]
+        self,
+        turns: Turns,
+        answers: list[list[Due]],
+        threads: int,
+        seconds: dict[str, float],
+        ask_s: float = 0.0,
     ) -> None:
-        self.turns, self.answers, self.seconds = turns, answers, seconds
+        self.turns, self.answers, self.seconds, self.ask_s = turns, answers, seconds, ask_s
         self.asks = 0
         self.started: dict[str, float] = {}
+        self.runs: list[str] = []
         self.holding: set[str] = set()
         self.overlaps = 0
         self.most_readings = 0
@@ -30,6 +36,7 @@ class _Evaluators:
             t.start()
 
     def _answer(self) -> list[Due]:
+        time.sleep(self.ask_s)
         with self._lock:
             self.asks += 1
             return self.answers.pop(0) if self.answers else []
@@ -42,6 +49,7 @@ class _Evaluators:
             with self._lock:
                 self.overlaps += device in self.holding
                 self.holding.add(device)
+                self.runs.append(device)
                 self.started.setdefault(device, time.monotonic() - self.t0)
                 self.most_readings = max(self.most_readings, sum(d.startswith("r") for d in self.holding))
             time.sleep(self.seconds.get(device, 0.02))
@@ -103,6 +111,29 @@ def test_an_event_never_waits_for_readings_being_evaluated() -> None:
     assert "e1" in started and started["e1"] < 0.2, f"the event waited: {started}"
     assert run.most_readings == 1, "with two threads, one is kept free for events"
     assert sorted(run.started) == ["e1", "r1", "r2"]
+
+
+def test_devices_a_notification_names_go_out_before_the_question_is_answered() -> None:
+    turns = _quiet(3)
+    run = _Evaluators(turns, [[Due("r1", False)]], threads=3, seconds={}, ask_s=0.3)
+    turns.signal(["e1", "e2"])  # ingest's notification names the devices that sent events
+    time.sleep(0.5)
+    run.stop()
+    assert run.started["e1"] < 0.1 and run.started["e2"] < 0.1, f"they waited for the question: {run.started}"
+    assert run.started["r1"] >= 0.3, "the rest is found by asking"
+    assert run.asks == 1 and run.overlaps == 0
+
+
+def test_a_busy_device_with_new_events_goes_again_as_soon_as_it_is_done() -> None:
+    turns = _quiet(2)
+    run = _Evaluators(turns, [], threads=2, seconds={"e1": 0.3})
+    turns.signal(["e1"])
+    time.sleep(0.1)
+    turns.signal(["e1"])  # new events while e1 is being evaluated: not a second thread, but again after
+    time.sleep(0.6)
+    run.stop()
+    assert run.runs == ["e1", "e1"], run.runs
+    assert run.overlaps == 0
 
 
 def test_without_notifications_the_threads_still_ask_after_the_poll_period() -> None:
