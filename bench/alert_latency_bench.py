@@ -1,6 +1,7 @@
 """Benchmark: publish -> first webhook delivery of a red alert, under background telemetry load.
 
     .venv/bin/python -m bench.alert_latency_bench [--probes 200] [--rate 10000] [--relays 1] [--hostile]
+        [--clients-nice N]
 
 A private stack (PostgreSQL + Mosquitto) in a temp dir, the real `pulsewire ingest` and
 `pulsewire relay` as separate processes, a separate load process publishing ~`rate` readings/s
@@ -58,8 +59,9 @@ def _iso(ts: datetime) -> str:
     return ts.isoformat().replace("+00:00", "Z")
 
 
-def _load(mqtt_url: str, rate: float, stop: Any) -> None:
-    """Publish ~rate readings/s of normal data until `stop` is set (runs in its own process)."""
+def _load(mqtt_url: str, rate: float, stop: Any, nice: int = 0) -> None:
+    """Publish ~rate readings/s of normal data until `stop` is set (runs in its own process, at `nice`)."""
+    os.nice(nice)
     client = pacing.client(MqttTarget.parse(mqtt_url), f"bench-load-{os.getpid()}")
     rng = np.random.default_rng(1)
     for n in pacing.paced(rate / READINGS_PER_MESSAGE, stop):
@@ -213,7 +215,7 @@ def _measure(
 ) -> dict[str, Any]:
     client = pacing.client(MqttTarget.parse(mqtt_url), f"bench-probe-{first}")
     stop = mp.Event()
-    load = mp.Process(target=_load, args=(mqtt_url, args.rate, stop), daemon=True)
+    load = mp.Process(target=_load, args=(mqtt_url, args.rate, stop, args.clients_nice), daemon=True)
     with connect(db_url, autocommit=True) as c:
         load.start()
         time.sleep(args.warmup_s)
@@ -253,6 +255,7 @@ def _measure(
         **cpu_used,
         "relay_workers": args.relays,
         "relay_split": args.split_relay,
+        "clients_nice": args.clients_nice,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }
@@ -319,8 +322,10 @@ def _hostile_run(
     )
     rate = args.hostile_rate if "flood" in parts else 0.0
     device_url = info.to_json()["mqtt_device_url"]
-    flood, stop_flood = hostile.start_flood(device_url, str(info.ca_file), rate)
-    web = hostile.WebAttack(f"http://127.0.0.1:{port}", tenant["token"], enabled="web" in parts)
+    flood, stop_flood = hostile.start_flood(device_url, str(info.ca_file), rate, args.clients_nice)
+    web = hostile.WebAttackProcess(
+        f"http://127.0.0.1:{port}", tenant["token"], enabled="web" in parts, nice=args.clients_nice
+    )
     try:
         _wait_http(f"http://127.0.0.1:{port}/healthz")
         web.start()
@@ -396,6 +401,14 @@ def main() -> int:
         "--hostile-parts",
         default=",".join(hostile.PARTS),
         help=f"what the hostile tenant does, comma-separated (default: all of {','.join(hostile.PARTS)})",
+    )
+    parser.add_argument(
+        "--clients-nice",
+        type=int,
+        default=0,
+        help="niceness of the processes that stand in for other machines (the background devices, org A's"
+        " flooding device and browsers), so that on a small host they take less of the CPU the services"
+        " need; the achieved background rate and their CPU are printed either way (default 0)",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

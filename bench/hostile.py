@@ -167,11 +167,12 @@ def _backlog(c: Any, org: int, vendor: int, hooks: list[int]) -> None:
     )
 
 
-def flood(device_url: str, ca_file: str, rate: float, stop: Any) -> None:
+def flood(device_url: str, ca_file: str, rate: float, stop: Any, nice: int = 0) -> None:
     """Publish ~rate events/s from org A's first device until `stop` is set (its own process).
 
     The device logs in with its password on the devices' TLS listener at `device_url`.
     """
+    os.nice(nice)
     device = DEVICES[0]
     target = replace(MqttTarget.parse(device_url), ca_file=Path(ca_file))
     client = pacing.client(target, device, (device, PASSWORD))
@@ -280,12 +281,40 @@ class WebAttack:
                 self.stop.wait(0.05)
 
 
-def start_flood(device_url: str, ca_file: str, rate: float) -> tuple[mp.Process, Any]:
-    """The flooding device, in its own process; set the returned event to stop it."""
+def start_flood(device_url: str, ca_file: str, rate: float, nice: int = 0) -> tuple[mp.Process, Any]:
+    """The flooding device, in its own process (at `nice`); set the returned event to stop it."""
     stop = mp.Event()
-    proc = mp.Process(target=flood, args=(device_url, ca_file, rate, stop), daemon=True)
+    proc = mp.Process(target=flood, args=(device_url, ca_file, rate, stop, nice), daemon=True)
     proc.start()
     return proc, stop
+
+
+class WebAttackProcess:
+    """`WebAttack` in a process of its own (at `nice`): org A's browsers are other machines, and do
+    not share an interpreter with org B's webhook receiver in the benchmark's process."""
+
+    def __init__(self, base_url: str, token: str, *, enabled: bool = True, nice: int = 0) -> None:
+        self._stop = mp.Event()
+        self._out: mp.Queue[dict[str, int]] = mp.Queue()
+        attack = WebAttack(base_url, token, enabled=enabled)  # started in the child: no thread runs here
+        self._proc = mp.Process(target=_web_attack, args=(attack, nice, self._stop, self._out), daemon=True)
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def close(self) -> dict[str, int]:
+        """Stop the attack; what the dashboard answered, counted by kind and status class."""
+        self._stop.set()
+        statuses = self._out.get(timeout=60)
+        self._proc.join(10)
+        return statuses
+
+
+def _web_attack(attack: WebAttack, nice: int, stop: Any, out: Any) -> None:
+    os.nice(nice)
+    attack.start()
+    stop.wait()
+    out.put(attack.close())
 
 
 def ledger(db_url: str, org: int) -> dict[str, int]:
