@@ -194,7 +194,7 @@ def evaluate_device(conn: Conn, device_id: str, cfg: EngineConfig, found: Findin
     # the rest is simply dropped.
     with conn.pipeline():
         lock = conn.execute(_LOCK, (LOCK_CLASS, device_id))
-        queued = conn.execute(_QUEUED, (device_id,))
+        queued = conn.execute(_QUEUED, {"device": device_id})
         known = conn.execute("SELECT * FROM devices WHERE device_id = %s", (device_id,))
         effective = conn.execute(EFFECTIVE_SQL, (device_id,))
         states = conn.execute("SELECT rule_key, state FROM rule_state WHERE device_id = %s", (device_id,))
@@ -233,9 +233,13 @@ def evaluate_device(conn: Conn, device_id: str, cfg: EngineConfig, found: Findin
 
 
 _LOCK = "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s)) AS got"
-_QUEUED = (
-    "SELECT eval_id, min_ts, max_ts, xmin::text AS xid FROM eval_queue WHERE device_id = %s ORDER BY eval_id"
-)
+# A device held back after a failed evaluation has nothing queued until its `retry_at`, however it
+# was handed to us (asking the queue skips it; a notification naming it does not know).
+_QUEUED = """
+SELECT eval_id, min_ts, max_ts, xmin::text AS xid FROM eval_queue WHERE device_id = %(device)s
+  AND NOT EXISTS (SELECT 1 FROM eval_retry r WHERE r.device_id = %(device)s AND r.retry_at > now())
+ORDER BY eval_id
+"""
 
 
 def _evaluate_range(conn: Conn, batch: _Batch, span: tuple[datetime, datetime, list[str]]) -> None:

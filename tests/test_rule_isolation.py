@@ -16,7 +16,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from pulsewire.db import connect
-from relay.engine import EngineConfig, evaluate_pending, pending_devices
+from relay.engine import EngineConfig, evaluate_one, evaluate_pending, pending_devices
 from relay.rules import RuleError, derived_class, validate
 from relay.tick import check_silences
 from relay.views import technical_values
@@ -502,6 +502,10 @@ def test_a_device_that_fails_as_a_whole_waits_and_loses_nothing(
     with connect(db_url) as c:
         assert "icd-corrupt" not in pending_devices(c)
     assert _one_round(db_url) == 0  # still waiting: the round skips it
+    with connect(db_url) as c:  # and so does the engine when a notification names the device
+        assert evaluate_one(c, "icd-corrupt", EngineConfig()) == 0
+    assert [q["device_id"] for q in _queue(conn)] == ["icd-corrupt"]
+    assert conn.execute("SELECT attempts FROM eval_retry").fetchone() == {"attempts": 1}
     conn.execute("DELETE FROM rule_state WHERE device_id = 'icd-corrupt'")
     conn.execute("UPDATE eval_retry SET retry_at = now() - interval '1 second'")
     assert _one_round(db_url) == 1 and _queue(conn) == []
