@@ -11,9 +11,12 @@ with queued events, so an event never waits for an evaluation of readings to end
 either, events first.
 
 A notification names the devices that sent events (`pulsewire.wire.event_devices`); they are handed
-out at once, while another thread asks the database for the rest. A device with events that is
-being evaluated when its new events are announced is handed out again as soon as it is done, not
-left for the next notification or poll.
+out at once, while another thread asks the database for the rest. A signalled thread asks before
+it takes a ready device, and the answer's order (tenants taking turns) goes before the named
+devices, so a tenant whose devices fill the notifications can neither stop the question nor get
+ahead of another tenant's device in the answer. A device with events that is being evaluated when
+its new events are announced is handed out again as soon as it is done, not left for the next
+notification or poll.
 """
 
 from __future__ import annotations
@@ -61,21 +64,26 @@ class Turns:
         Waits up to `poll_s` for a signal when nothing it may take is known to be due; asks the
         database (through `ask`) when signalled or when the wait ran out, which is the safety net
         for a notification lost with a reconnect and for devices held back until their `retry_at`.
+        A signalled thread asks before it takes a ready device, so that devices named by
+        notifications can never keep the rest from being asked for.
         """
         with self._cond:
             if self._closed:
                 return None
-            device = self._pick()
-            if device is None and not self._signalled:
+            if not self._signalled:
+                device = self._pick()
+                if device is not None:
+                    return device
                 self._cond.wait(poll_s)
                 if self._closed:
                     return None
+            if self._asking or not self._signalled:
                 device = self._pick()
-            if device is not None:
-                return device
-            if self._asking:
-                self._cond.wait(poll_s)  # another thread is asking: its answer wakes us
-                return None
+                if device is not None:
+                    return device
+                if self._asking:
+                    self._cond.wait(poll_s)  # another thread is asking: its answer wakes us
+                    return None
             self._asking, self._signalled = True, False
         found: list[Due] = []
         try:
@@ -83,7 +91,7 @@ class Turns:
         finally:
             with self._cond:
                 self._asking = False
-                self._add(found)
+                self._answer(found)
                 device = None if self._closed else self._pick()
                 if self._ready or self._signalled:
                     self._cond.notify()  # the next device, or what came in while we asked
@@ -98,29 +106,30 @@ class Turns:
                     self._cond.notify()  # readings that waited for a thread
             if device in self._again:
                 self._again.discard(device)
-                self._cond.notify(self._add([Due(device, True)]))
+                self._cond.notify(self._add([Due(device, True)]))  # its new events
 
-    def _add(self, found: list[Due]) -> int:
-        """Make `found` ready, events first; returns how many became ready (caller holds the lock).
+    def _add(self, named: list[Due]) -> int:
+        """Make devices a notification named ready, after those already ready; returns how many
+        became ready (caller holds the lock). A busy one is remembered, to be ready again when done."""
+        known = set(self._busy) | {due.device_id for due in self._ready}
+        added = [due for due in named if due.device_id not in known]
+        self._again |= {due.device_id for due in named if due.device_id in self._busy}
+        self._ready += added
+        self._ready.sort(key=lambda due: not due.events)  # stable
+        return len(added)
 
-        A device already ready stays where it is (taking the events flag if it now has events); a
-        busy one with events is remembered to be ready again when done.
-        """
-        ready = {due.device_id: i for i, due in enumerate(self._ready)}
-        added = 0
-        for due in found:
-            if due.device_id in self._busy:
-                if due.events:
-                    self._again.add(due.device_id)
-            elif due.device_id in ready:
-                if due.events:
-                    self._ready[ready[due.device_id]] = due
-            else:
-                ready[due.device_id] = len(self._ready)
-                self._ready.append(due)
-                added += 1
+    def _answer(self, found: list[Due]) -> None:
+        """The database's answer, in its order (events first, tenants taking turns), then what was
+        ready and is not in it (caller holds the lock)."""
+        was = {due.device_id: due.events for due in self._ready}
+        answered = [
+            Due(due.device_id, due.events or was.get(due.device_id, False))  # named since: it has events
+            for due in found
+            if due.device_id not in self._busy
+        ]
+        names = {due.device_id for due in found}
+        self._ready = answered + [due for due in self._ready if due.device_id not in names]
         self._ready.sort(key=lambda due: not due.events)  # stable: the database's order within
-        return added
 
     def _pick(self) -> str | None:
         """The first ready device this thread may take (caller holds the lock)."""

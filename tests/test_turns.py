@@ -136,6 +136,21 @@ def test_a_busy_device_with_new_events_goes_again_as_soon_as_it_is_done() -> Non
     assert run.overlaps == 0
 
 
+def test_named_devices_never_keep_the_rest_from_being_asked_for() -> None:
+    # Org A's devices fill every notification, faster than the one thread evaluates them; org B's
+    # device, named by none (a notification holds so many), is found by asking, and the answer's
+    # order (tenants taking turns) goes before everything named earlier.
+    turns = _quiet(1)
+    run = _Evaluators(turns, [[Due("b1", True)]], threads=1, seconds={})
+    for n in range(15):
+        turns.signal([f"a{n}"])
+        time.sleep(0.01)
+    time.sleep(0.5)
+    run.stop()
+    assert run.started["b1"] < 0.1, f"b1 waited behind the named devices: {run.runs}"
+    assert sorted(run.runs) == sorted(["b1", *(f"a{n}" for n in range(15))]) and run.overlaps == 0
+
+
 def test_without_notifications_the_threads_still_ask_after_the_poll_period() -> None:
     turns = _quiet(2)
     asked = threading.Event()
