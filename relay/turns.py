@@ -11,12 +11,13 @@ with queued events, so an event never waits for an evaluation of readings to end
 either, events first.
 
 A notification names the devices that sent events (`pulsewire.wire.event_devices`); they are handed
-out at once, while another thread asks the database for the rest. A signalled thread asks before
-it takes a ready device, and the answer's order (tenants taking turns) goes before the named
-devices, so a tenant whose devices fill the notifications can neither stop the question nor get
-ahead of another tenant's device in the answer. A device with events that is being evaluated when
-its new events are announced is handed out again as soon as it is done, not left for the next
-notification or poll.
+out at once, while another thread asks the database for the rest. Once the last answer is used up,
+a signalled thread asks before it takes a named device, and the answer's order (tenants taking
+turns) goes before the named devices, so a tenant whose devices fill the notifications can neither
+stop the question nor get ahead of another tenant's device in the answer. Under a backlog the
+question is still asked once per answer, not once per notification. A device with events that is
+being evaluated when its new events are announced is handed out again as soon as it is done, not
+left for the next notification or poll.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Turns:
         self._readings_cap = max(1, threads - 1)
         self._readings_busy = 0
         self._again: set[str] = set()  # busy devices with new events: ready again when done
+        self._answered: set[str] = set()  # ready devices from the last answer
         # Set by a notification (and at start: what was queued before we listened); cleared by the
         # thread that then asks the database.
         self._signalled = True
@@ -64,26 +66,26 @@ class Turns:
         Waits up to `poll_s` for a signal when nothing it may take is known to be due; asks the
         database (through `ask`) when signalled or when the wait ran out, which is the safety net
         for a notification lost with a reconnect and for devices held back until their `retry_at`.
-        A signalled thread asks before it takes a ready device, so that devices named by
-        notifications can never keep the rest from being asked for.
+        A signalled thread asks before it takes a device a notification named once the last
+        answer is used up, so named devices can never keep the rest from being asked for.
         """
         with self._cond:
             if self._closed:
                 return None
-            if not self._signalled:
+            if not self._question_due():
                 device = self._pick()
                 if device is not None:
                     return device
-                self._cond.wait(poll_s)
-                if self._closed:
-                    return None
-            if self._asking or not self._signalled:
-                device = self._pick()
-                if device is not None:
-                    return device
-                if self._asking:
-                    self._cond.wait(poll_s)  # another thread is asking: its answer wakes us
-                    return None
+                if not self._signalled:
+                    self._cond.wait(poll_s)  # a signal, a device made ready, or the poll period
+                    if self._closed:
+                        return None
+                    device = None if self._question_due() else self._pick()
+                    if device is not None:
+                        return device
+            if self._asking:
+                self._cond.wait(poll_s)  # another thread is asking: its answer wakes us
+                return None
             self._asking, self._signalled = True, False
         found: list[Due] = []
         try:
@@ -96,6 +98,10 @@ class Turns:
                 if self._ready or self._signalled:
                     self._cond.notify()  # the next device, or what came in while we asked
         return device
+
+    def _question_due(self) -> bool:
+        """Signalled, nobody asking, and nothing left of the last answer (caller holds the lock)."""
+        return self._signalled and not self._asking and not self._answered
 
     def done(self, device: str) -> None:
         """The calling thread has finished with `device`."""
@@ -129,6 +135,7 @@ class Turns:
         ]
         names = {due.device_id for due in found}
         self._ready = answered + [due for due in self._ready if due.device_id not in names]
+        self._answered = {due.device_id for due in answered}
         self._ready.sort(key=lambda due: not due.events)  # stable: the database's order within
 
     def _pick(self) -> str | None:
@@ -136,6 +143,7 @@ class Turns:
         for i, due in enumerate(self._ready):
             if due.events or self._readings_busy < self._readings_cap:
                 del self._ready[i]
+                self._answered.discard(due.device_id)
                 self._busy[due.device_id] = due.events
                 self._readings_busy += not due.events
                 return due.device_id

@@ -151,6 +151,22 @@ def test_named_devices_never_keep_the_rest_from_being_asked_for() -> None:
     assert sorted(run.runs) == sorted(["b1", *(f"a{n}" for n in range(15))]) and run.overlaps == 0
 
 
+def test_under_a_backlog_the_question_waits_for_the_answer_to_be_used_up() -> None:
+    # Notifications keep coming while the answer's devices are evaluated: asking at every one would
+    # cost a question per evaluation just when the queue is longest.
+    turns = _quiet(1)
+    answers = [[Due(f"d{n}", True) for n in range(5)], [Due("later", True)]]
+    run = _Evaluators(turns, answers, threads=1, seconds={f"d{n}": 0.05 for n in range(5)})
+    turns.signal()
+    for _ in range(8):  # all within the 250 ms the answer's five devices take
+        time.sleep(0.015)
+        turns.signal()
+    time.sleep(0.5)
+    run.stop()
+    assert run.runs == [*(f"d{n}" for n in range(5)), "later"], run.runs
+    assert run.asks <= 3, f"{run.asks} questions for one answer of five devices"
+
+
 def test_without_notifications_the_threads_still_ask_after_the_poll_period() -> None:
     turns = _quiet(2)
     asked = threading.Event()
