@@ -115,11 +115,16 @@ class Turns:
                 self._cond.notify(self._add([Due(device, True)]))  # its new events
 
     def _add(self, named: list[Due]) -> int:
-        """Make devices a notification named ready, after those already ready; returns how many
-        became ready (caller holds the lock). A busy one is remembered, to be ready again when done."""
+        """Make devices a notification named ready, after those already ready (one ready for its
+        readings now has events); returns how many became ready (caller holds the lock). A busy
+        one is remembered, to be ready again when done."""
         known = set(self._busy) | {due.device_id for due in self._ready}
         added = [due for due in named if due.device_id not in known]
         self._again |= {due.device_id for due in named if due.device_id in self._busy}
+        with_events = {due.device_id for due in named if due.events}  # ready for readings, now events too
+        self._ready = [
+            Due(due.device_id, True) if due.device_id in with_events else due for due in self._ready
+        ]
         self._ready += added
         self._ready.sort(key=lambda due: not due.events)  # stable
         return len(added)

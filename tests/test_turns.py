@@ -151,6 +151,19 @@ def test_named_devices_never_keep_the_rest_from_being_asked_for() -> None:
     assert sorted(run.runs) == sorted(["b1", *(f"a{n}" for n in range(15))]) and run.overlaps == 0
 
 
+def test_a_device_waiting_for_its_readings_goes_at_once_when_named_with_events() -> None:
+    turns = _quiet(2)  # one thread for readings, one kept for events
+    answers = [[Due("r1", False), Due("r2", False)]]
+    run = _Evaluators(turns, answers, threads=2, seconds={"r1": 0.4})
+    turns.signal()
+    time.sleep(0.1)  # r1 holds the readings thread; r2 waits for it
+    turns.signal(["r2"])  # r2 sent an event
+    time.sleep(0.1)
+    started = dict(run.started)
+    run.stop()
+    assert "r2" in started, f"r2 waited for the readings thread: {run.runs}"
+
+
 def test_under_a_backlog_the_question_waits_for_the_answer_to_be_used_up() -> None:
     # Notifications keep coming while the answer's devices are evaluated: asking at every one would
     # cost a question per evaluation just when the queue is longest.
