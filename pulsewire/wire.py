@@ -50,16 +50,17 @@ def queue_evaluation(conn: psycopg.Connection[Any], spans: Spans, with_events: C
     if not spans:
         return
     devices = sorted(spans)
+    flagged = [d in with_events for d in devices]
     conn.execute(
         _QUEUE_EVALUATION,
         (
             text_array(devices),
             [spans[d][0] for d in devices],
             [spans[d][1] for d in devices],
-            [d in with_events for d in devices],
+            flagged,
         ),
     )
-    conn.execute(_NOTIFY_EVAL, (EVAL_CHANNEL, _hint(sorted(d for d in with_events if d in spans))))
+    conn.execute(_NOTIFY_EVAL, (EVAL_CHANNEL, _hint([d for d, f in zip(devices, flagged, strict=True) if f])))
 
 
 def _hint(devices: list[str]) -> str:

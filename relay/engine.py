@@ -307,6 +307,7 @@ def _advance(conn: Conn, batch: _Batch, rule: Rule, items: _Indexed) -> list[Ite
                 continue
             signals += handler(rule, state, every[n])
             mark = ts if mark is None or ts > mark else mark
+        if mark is not None:
             state["wm"] = mark
     if len(batch.faults) > before:
         return []  # the rule failed on this device: skipped, late items included

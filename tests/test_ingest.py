@@ -16,6 +16,7 @@ import pytest
 
 from ingest import IngestService
 from pulsewire import wire
+from pulsewire.db import connect
 from pulsewire.settings import Settings
 from pulsewire.stack import StackInfo
 from schemas import topics
@@ -304,7 +305,7 @@ def test_the_relay_is_told_which_devices_sent_events(world: World, pub: Publishe
     # stays the truth for everything else.
     world.add_device("imp-hint", "implant")
     world.add_device("veh-hint", "vehicle")
-    with psycopg.connect(db_url, autocommit=True) as listener:
+    with connect(db_url, autocommit=True) as listener:
         listener.execute(f"LISTEN {wire.EVAL_CHANNEL}")
         pub.publish_all(
             [telemetry("imp-hint", 0, [("heart_rate_bpm", 61)]), event("veh-hint", 0, "mil_on", {})]
