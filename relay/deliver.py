@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from pulsewire.db import pipelined
 from relay.channels import Channels, Delivery, Outcome, clean_text
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -133,7 +134,9 @@ def deliver_one(
 ) -> bool:
     """Claim, send and record one due delivery; False when none is due. `conn` is in autocommit."""
     flight = inflight or InFlight(threads=1)
-    with conn.transaction():
+    # Three round trips in all: BEGIN with the due orgs, the claim, then the attempt, the row's
+    # new state and COMMIT together.
+    with pipelined(conn):
         row = _claim(conn, flight)
         if row is None:
             return False

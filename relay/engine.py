@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -30,6 +30,7 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
+from pulsewire.db import pipelined
 from relay import alerts
 from relay.evaluate import Clear, Event, Fire, Item, Sample, Signal, State, relevant, step, stepper
 from relay.faults import RuleFault, defer_device, record_rule_faults
@@ -76,6 +77,8 @@ class _Batch:
     touched: dict[int, str] = field(default_factory=dict)
     loaded: dict[str, str] = field(default_factory=dict)
     faults: list[RuleFault] = field(default_factory=list)
+    # Without, a rule's failed write ends the evaluation instead of being undone on its own.
+    savepoints: bool = True
 
     def touch(self, alert_id: int, event: str) -> None:
         # The first event of an alert in this batch decides its delivery: an alert opened and
@@ -124,8 +127,8 @@ def _pending(conn: Conn, limit: int) -> list[Due]:
 def due_devices(conn: Conn, limit: int = 100) -> list[Due]:
     """`pending_devices`, with their events flag, read in a transaction of its own ended by commit.
 
-    `conn` is not in autocommit. It is left at REPEATABLE READ, so each device's evaluation then
-    reads its data, queue rows and state from one snapshot.
+    In autocommit, the question is one statement. Otherwise it is left at REPEATABLE READ (each
+    device's evaluation reads its data, queue rows and state from one snapshot either way).
     """
     _end_transaction(conn)
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -156,19 +159,38 @@ def evaluate_one(conn: Conn, device_id: str, cfg: EngineConfig) -> int:
     """One device in its own transaction; its rules' faults recorded after, its own failure contained.
 
     Returns the batches consumed (0 when another worker holds the device). `conn` is as
-    `due_devices` leaves it.
+    `due_devices` leaves it, or in autocommit.
+
+    The transaction is pipelined (`pulsewire.db.pipelined`): BEGIN goes with the first reads and
+    COMMIT with the writes. A first attempt writes each rule's signals without a savepoint of its
+    own (two round trips less per rule that fires); if anything in it fails, the device is
+    evaluated again with a savepoint per rule, so a fault still stays inside its rule.
     """
+    _end_transaction(conn)
+    was_autocommit = conn.autocommit
+    conn.autocommit = True
+    try:
+        return _evaluate_one(conn, device_id, cfg)
+    finally:
+        conn.autocommit = was_autocommit
+
+
+def _evaluate_one(conn: Conn, device_id: str, cfg: EngineConfig) -> int:
+    savepoints = False
     for _ in range(5):
         found = Findings()
         try:
-            with conn.transaction():
-                consumed = evaluate_device(conn, device_id, cfg, found)
+            with pipelined(conn, _BEGIN):
+                consumed = evaluate_device(conn, device_id, cfg, found, savepoints=savepoints)
         except psycopg.errors.SerializationFailure:
             continue  # another worker committed this device's state under our snapshot
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise  # the database, not this device: the service reconnects and retries
-        except Exception as exc:  # this device's data or state: it waits, the round goes on
-            defer_device(conn, device_id, exc)
+        except Exception as exc:
+            if not savepoints:  # a rule's write may have failed: again, each rule on its own
+                savepoints = True
+                continue
+            defer_device(conn, device_id, exc)  # this device's data or state: it waits, the round goes on
             return 0
         if found.deliveries and cfg.on_deliveries is not None:
             cfg.on_deliveries()
@@ -177,22 +199,37 @@ def evaluate_one(conn: Conn, device_id: str, cfg: EngineConfig) -> int:
     return 0
 
 
+_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ"
+
+
+def _queued(conn: Conn) -> AbstractContextManager[Any]:
+    """Statements sent together: a pipeline, unless the connection is in one already (then they go
+    with its next read or its COMMIT, without a sync of their own)."""
+    if conn.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+        return nullcontext()
+    return conn.pipeline()
+
+
 def lock_device(conn: Conn, device_id: str) -> bool:
     """Take the device's evaluation lock for this transaction, or False when another worker has it."""
     row = conn.execute(_LOCK, (LOCK_CLASS, device_id)).fetchone()
     return bool(row and row["got"])
 
 
-def evaluate_device(conn: Conn, device_id: str, cfg: EngineConfig, found: Findings | None = None) -> int:
+def evaluate_device(
+    conn: Conn, device_id: str, cfg: EngineConfig, found: Findings | None = None, *, savepoints: bool = True
+) -> int:
     """Evaluate every queued batch of one device in the caller's transaction; returns batches consumed.
 
     Returns 0 without doing anything when another worker holds the device. A rule that fails is
     skipped for this device, its fault added to `found` for the caller to record once committed.
+    Without `savepoints`, a rule whose writes fail is not undone on its own: the exception ends
+    the evaluation, and the caller rolls back (and evaluates again with them).
     """
     # Everything a device's evaluation reads first, in one round trip (a pipeline). All of it is
     # read from the transaction's one snapshot, which the lock statement takes; without the lock
     # the rest is simply dropped.
-    with conn.pipeline():
+    with _queued(conn):
         lock = conn.execute(_LOCK, (LOCK_CLASS, device_id))
         queued = conn.execute(_QUEUED, {"device": device_id})
         known = conn.execute("SELECT * FROM devices WHERE device_id = %s", (device_id,))
@@ -216,12 +253,13 @@ def evaluate_device(conn: Conn, device_id: str, cfg: EngineConfig, found: Findin
             cfg,
             datetime.now(UTC),
             faults=rule_faults,
+            savepoints=savepoints,
         )
         _evaluate_range(conn, batch, (lo, hi, sorted({str(q["xid"]) for q in queue})))
         if found is not None:
             found.faults += batch.faults
             found.deliveries = bool(batch.touched)
-    with conn.pipeline():  # the writes, in one round trip too (results are read only where needed)
+    with _queued(conn):  # the writes, in one round trip too (results are read only where needed)
         if batch is not None:
             _save(conn, batch, hi)
         conn.execute(
@@ -265,11 +303,12 @@ def _isolated(conn: Conn, batch: _Batch, rule: Rule, *, savepoint: bool = True) 
 
     Its writes are undone by a savepoint (skipped for pure work, which writes nothing), its state
     and the alerts it touched restored to what they were. Database trouble is not the rule's
-    fault and is raised on (the device is retried).
+    fault and is raised on (the device is retried). In a batch without savepoints, a failure of
+    work that writes is raised on too: `evaluate_one` then evaluates the device again with them.
     """
     touched = dict(batch.touched)
     try:
-        if savepoint:
+        if savepoint and batch.savepoints:
             with conn.transaction():
                 yield
         else:
@@ -277,6 +316,8 @@ def _isolated(conn: Conn, batch: _Batch, rule: Rule, *, savepoint: bool = True) 
     except (psycopg.OperationalError, psycopg.InterfaceError):
         raise
     except Exception as exc:
+        if savepoint and not batch.savepoints:
+            raise  # writes that no savepoint can undo: the caller evaluates again with savepoints
         batch.touched = touched
         if rule.key in batch.loaded:
             batch.states[rule.key] = json.loads(batch.loaded[rule.key])

@@ -159,7 +159,9 @@ class RelayWorker:
                         self._outbox_wake.set()
 
     def _eval_loop(self) -> None:
-        with connect(self.cfg.database_url) as conn:
+        # Autocommit: each evaluation opens its own (pipelined) transaction, and asking the queue
+        # is one statement.
+        with connect(self.cfg.database_url, autocommit=True) as conn:
             while not self._stop.is_set():
                 device = self._turns.take(lambda: due_devices(conn), self.cfg.poll_s)
                 if device is None:

@@ -4,22 +4,29 @@
 types named in `ignoring` count as "not yet" (a server still starting refuses connections); any other
 exception is a real error and surfaces at once instead of being retried until the timeout.
 `serving(httpd)` runs a test's HTTP server in a thread for the length of a `with` block.
+`round_trips(conn, work)` counts the times `work` waited for PostgreSQL on `conn`.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import HTTPServer
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import psycopg
 
 from pulsewire.stack._ports import free_port
 
-__all__ = ["free_port", "serving", "wait_for"]
+__all__ = ["free_port", "round_trips", "serving", "wait_for"]
 
 T = TypeVar("T")
+_MESSAGE = re.compile(r"^\d{4}-\d\d-\d\d [\d:.]+\t([FB])\t", re.MULTILINE)
 
 
 def wait_for(
@@ -55,3 +62,21 @@ def serving(httpd: HTTPServer) -> Iterator[HTTPServer]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(10)
+
+
+def round_trips(conn: psycopg.Connection[Any], work: Callable[[], object]) -> int:
+    """How many times `work` waited for the server on `conn`, from libpq's protocol trace.
+
+    Each time the client stops sending (F, frontend messages) and the server answers (B, backend)
+    is one round trip, whatever the messages: a simple Query, a pipeline's Sync or Flush.
+    """
+    with tempfile.TemporaryFile("w+") as trace:
+        conn.pgconn.trace(trace.fileno())
+        try:
+            work()
+        finally:
+            conn.pgconn.untrace()
+        trace.seek(0)
+        # A message is a line "<timestamp>\t<F|B>\t<length>\t<type>..."; query texts may add lines.
+        sides = [m.group(1) for m in _MESSAGE.finditer(trace.read())]
+    return sum(1 for pair in itertools.pairwise(sides) if pair == ("F", "B"))

@@ -12,10 +12,11 @@ import pytest
 
 from pulsewire.db import connect
 from relay import store
-from relay.engine import EngineConfig, evaluate_device, pending_devices
+from relay.engine import EngineConfig, evaluate_device, evaluate_one, pending_devices
 from relay.rules import effective_rules, seed_defaults
 from relay.tick import check_silences, escalate
 from tests.fix_db import World
+from tests.helpers import round_trips
 from tests.relay_support import alerts_of, assert_vendor_safe, commit_batch, evaluate
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -188,6 +189,27 @@ def test_crash_mid_evaluation_loses_and_repeats_nothing(conn: Conn, world: World
     assert evaluate(db_url) == 1
     assert evaluate(db_url) == 0
     assert [a["rule_key"] for a in alerts_of(conn, "icd-crash")] == ["implant.device_reset"]
+
+
+def test_a_red_alert_is_raised_in_five_round_trips_and_readings_in_three(
+    conn: Conn, world: World, db_url: str
+) -> None:
+    """Under load every wait for PostgreSQL queues for a CPU, so the alert's path counts them:
+    BEGIN goes with the reads, COMMIT with the writes, and a rule that fires writes without a
+    savepoint of its own (nine round trips before, five before that for readings)."""
+    world.add_device("icd-trips")
+    t = _now() - timedelta(seconds=30)
+    readings = [(t + timedelta(seconds=i), "lead_impedance_rv_ohm", 600.0 + i) for i in range(20)]
+    with connect(db_url, autocommit=True) as worker:
+        commit_batch(conn, "icd-trips", readings)
+        assert round_trips(worker, lambda: evaluate_one(worker, "icd-trips", CFG)) == 3
+        commit_batch(
+            conn, "icd-trips", events=[(t + timedelta(seconds=25), "device_reset", {"reason": "wdt"})]
+        )
+        assert round_trips(worker, lambda: evaluate_one(worker, "icd-trips", CFG)) == 5
+    [alert] = alerts_of(conn, "icd-trips")
+    assert alert["rule_key"] == "implant.device_reset"
+    assert [o["event"] for o in _outbox(conn, alert["alert_id"])] == ["opened"] * 2  # mqtt x 2 audiences
 
 
 def test_the_worker_delivering_is_woken_after_a_commit_that_queued_deliveries(

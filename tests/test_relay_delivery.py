@@ -22,12 +22,22 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pulsewire.db import connect
 from pulsewire.settings import Settings
 from relay import sse, store
-from relay.deliver import RetryPolicy
+from relay.channels import Channels
+from relay.deliver import RetryPolicy, deliver_one
+from relay.egress import EgressPolicy
 from relay.service import RelayConfig, RelayWorker
 from relay.signing import verify
 from schemas import topics
 from tests.fix_db import World
-from tests.relay_support import assert_vendor_safe, commit_batch, smtp_inbox, wait_for, webhook_receiver
+from tests.helpers import round_trips
+from tests.relay_support import (
+    assert_vendor_safe,
+    commit_batch,
+    evaluate,
+    smtp_inbox,
+    wait_for,
+    webhook_receiver,
+)
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -86,6 +96,34 @@ def test_failing_receiver_gets_one_accepted_delivery_and_ledger_has_three(
     assert not verify("whsec_wrong", accepted.headers["Pulsewire-Signature"], accepted.body, 300)
     body = json.loads(accepted.body)
     assert (body["event"], body["alert"]["rule_key"]) == ("opened", "implant.device_reset")
+
+
+def test_a_delivery_costs_three_round_trips(conn: Conn, world: World, db_url: str) -> None:
+    """BEGIN with the question which orgs are due, the claim, then the attempt, the row's new state
+    and COMMIT together (six round trips before)."""
+    world.add_device("icd-trips-out")
+    channels = Channels(
+        None, None, "relay@test", timeout_s=5.0, egress_policy=EgressPolicy(allow_private=True)
+    )
+    with webhook_receiver() as rx, connect(db_url, autocommit=True) as worker:
+        hook = store.create_webhook(conn, world.clinic_id, rx.url)
+        try:
+            commit_batch(
+                conn, "icd-trips-out", events=[(datetime.now(UTC), "device_reset", {"reason": "por"})]
+            )
+            evaluate(db_url)
+            sent = [
+                round_trips(worker, lambda: deliver_one(worker, channels, "t", RetryPolicy()))
+                for _ in range(4)
+            ]
+            assert sent == [3, 3, 3, 2]  # the webhook and two MQTT rows (no broker: failed), then none due
+            assert len(rx.accepted()) == 1
+            [row] = _webhook_rows(conn, hook["webhook_id"])
+            assert (row["state"], row["attempts"]) == ("delivered", 1)
+            assert len(_attempts(conn, row["delivery_id"])) == 1
+        finally:
+            channels.close()
+            store.delete_webhook(conn, world.clinic_id, hook["webhook_id"])
 
 
 def test_receiver_that_never_succeeds_goes_dead_with_last_error(
