@@ -131,11 +131,9 @@ class BatchWriter:
 
         def run(conn: Conn) -> bool:
             row = conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (MAINTENANCE_LOCK,)).fetchone()
-            conn.commit()
             if not row or not row["got"]:
                 return False
             try:
-                conn.autocommit = True
                 report = maintain(conn, retention_days=retention_days,
                                   quarantine_retention_days=quarantine_retention_days)  # fmt: skip
                 log.info("storage maintained: %d partition(s) created, %d dropped; %d quarantined expired",
@@ -144,7 +142,6 @@ class BatchWriter:
                 return True
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (MAINTENANCE_LOCK,))
-                conn.autocommit = False
 
         return self._run(run)
 
@@ -152,9 +149,11 @@ class BatchWriter:
         conn = self._conn
         try:
             if conn is None or conn.closed:
-                conn = self._conn = connect(self._url)
+                # Autocommit: a batch's BEGIN and COMMIT go with its first and last statements
+                # (`_write_batch`); other work opens its own transaction or is one statement.
+                conn = self._conn = connect(self._url, autocommit=True)
             result = work(conn)
-            conn.commit()
+            conn.commit()  # a transaction the work left open (none when it committed itself)
             return result
         except _DATA_ERRORS as exc:
             if conn is not None:
@@ -262,10 +261,18 @@ def _write_batch(conn: Conn, items: Sequence[Validated], keep: int, turn: Turn |
             statuses[item.device_id] = _latest_status(statuses.get(item.device_id), item)
         else:
             bad.append(item)
+    # On an idle connection in autocommit, the batch is its own transaction: BEGIN goes with the
+    # claim and COMMIT with the tail, no round trip of their own. Otherwise (a savepoint of
+    # `store`) it is part of the caller's.
+    own = conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     if turn is not None:
         turn.claim()
-    new = _claim(conn, unique)
-    _store_quarantine(conn, bad, keep, out)
+    with conn.pipeline():
+        if own:
+            conn.execute("BEGIN")
+        claimed = _claim(conn, unique)
+        _store_quarantine(conn, bad, keep, out)
+    new = claimed()
     if turn is not None:
         turn.claimed()
     out.duplicates = sequenced - len(new)
@@ -280,6 +287,8 @@ def _write_batch(conn: Conn, items: Sequence[Validated], keep: int, turn: Turn |
         _update_devices(conn, new, statuses)
         out.statuses = len(statuses)
         queue_evaluation(conn, spans, {m.device_id for m in new if isinstance(m, Event)})
+        if own:
+            conn.execute("COMMIT")
     return out
 
 
@@ -289,15 +298,16 @@ def _latest_status(old: Status | None, new: Status) -> Status:
     return old
 
 
-def _claim(conn: Conn, unique: dict[Key, Telemetry | Event]) -> list[Telemetry | Event]:
-    """Record the batch's keys in `ingest_log`; returns the messages not stored before, in key order."""
+def _claim(conn: Conn, unique: dict[Key, Telemetry | Event]) -> Callable[[], list[Telemetry | Event]]:
+    """Record the batch's keys in `ingest_log`; returns what gives the messages not stored before, in
+    key order, once the statement's answer is in (in a pipeline: after its sync)."""
     if not unique:
-        return []
+        return list
     # Sorted so that two workers inserting overlapping keys lock them in the same order.
     keys = sorted(unique)
     msgs = [unique[k] for k in keys]
     devices, boots, seqs = zip(*keys, strict=True)
-    rows = conn.cursor(row_factory=tuple_row).execute(
+    cursor = conn.cursor(row_factory=tuple_row).execute(
         """INSERT INTO ingest_log (device_id, boot_id, seq, kind, n_rows)
            SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::int[])
            ON CONFLICT DO NOTHING RETURNING device_id, boot_id, seq""",
@@ -306,11 +316,16 @@ def _claim(conn: Conn, unique: dict[Key, Telemetry | Event]) -> list[Telemetry |
             text_array(["telemetry" if isinstance(m, Telemetry) else "event" for m in msgs]),
             int_array(len(m.readings) if isinstance(m, Telemetry) else 1 for m in msgs),
         ),
-    ).fetchall()  # fmt: skip
-    if len(rows) == len(keys):  # the common case: nothing was stored before
-        return msgs
-    fresh = set(rows)
-    return [unique[k] for k in keys if k in fresh]
+    )  # fmt: skip
+
+    def fresh() -> list[Telemetry | Event]:
+        rows = cursor.fetchall()
+        if len(rows) == len(keys):  # the common case: nothing was stored before
+            return msgs
+        stored = set(rows)
+        return [unique[k] for k in keys if k in stored]
+
+    return fresh
 
 
 Spans = dict[str, tuple[datetime, datetime]]

@@ -20,6 +20,7 @@ from ingest.validate import Event, Quarantined, Validated, validate
 from ingest.writer import BatchOutcome, BatchWriter
 from pulsewire.settings import Settings
 from tests.fix_db import World
+from tests.helpers import round_trips
 from tests.ingest_support import Publisher, in_process_statuses, running_ingest, settle, telemetry
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -139,3 +140,25 @@ def test_a_refused_batch_is_isolated_while_the_next_one_waits_its_turn(
     assert _gap_ids_used(conn) == gaps_before + 1
     gap = conn.execute("SELECT first_seq, last_seq FROM seq_gaps WHERE device_id = 'wr-ref'").fetchone()
     assert gap is not None and (gap["first_seq"], gap["last_seq"]) == (3, 3)
+
+
+def test_a_batch_pays_no_round_trip_for_begin_or_commit(world: World, settings: Settings, conn: Conn) -> None:
+    """BEGIN goes with the batch's claim and COMMIT with its tail: readings and an event are stored
+    in 7 round trips (the claim, two per COPY, two for the tail), 9 before."""
+    world.add_device("wr-trips", "vehicle")
+    now = datetime.now(UTC)
+    kinds = {"wr-trips": "vehicle"}
+    raw = [telemetry("wr-trips", 0, [("rpm", 900.0)]), telemetry("wr-trips", 1, [("rpm", 910.0)])]
+    items = [validate(*m, kinds, now=now, max_future_skew_s=300, retention_days=7) for m in raw]
+    items.append(Event("wr-trips", "b1", 2, now, "dtc_set", {"code": "P0420"}))
+    writer = BatchWriter(settings.require_database_url())
+    try:
+        writer.load_kinds()  # connects
+        assert writer._conn is not None
+        out: list[BatchOutcome] = []
+        assert round_trips(writer._conn, lambda: out.append(writer.write(items))) == 7
+    finally:
+        writer.close()
+    assert (out[0].readings, out[0].events) == (2, 1)
+    assert _count(conn, "SELECT count(*) FROM readings WHERE device_id = 'wr-trips'") == 2
+    assert _count(conn, "SELECT count(*) FROM eval_queue WHERE device_id = 'wr-trips' AND has_events") == 1
