@@ -24,7 +24,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from ingest._streams import update_streams
-from ingest.order import Abandoned, Restart, Turn
+from ingest.order import Turn
 from ingest.validate import Event, Quarantined, Status, Telemetry, Validated
 from pulsewire import rollups
 from pulsewire.db import TRANSIENT_ERRORS, connect, int_array, text_array
@@ -166,7 +166,8 @@ class BatchWriter:
             if conn is not None:
                 self._rollback(conn)
             raise DatabaseError(f"database refused the batch: {exc}") from exc
-        except (Restart, Abandoned):
+        except Exception:  # `Restart`, `Abandoned` (ingest.order), or a bug
+            # Whatever the work left open is undone, so the next batch never commits part of this one.
             if conn is not None:
                 self._rollback(conn)
             raise

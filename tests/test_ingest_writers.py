@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import pytest
 
 from ingest.order import BatchOrder, Restart, Turn
 from ingest.validate import Event, Quarantined, Validated, validate
@@ -162,3 +163,24 @@ def test_a_batch_pays_no_round_trip_for_begin_or_commit(world: World, settings: 
     assert (out[0].readings, out[0].events) == (2, 1)
     assert _count(conn, "SELECT count(*) FROM readings WHERE device_id = 'wr-trips'") == 2
     assert _count(conn, "SELECT count(*) FROM eval_queue WHERE device_id = 'wr-trips' AND has_events") == 1
+
+
+def test_work_that_raises_leaves_nothing_for_the_next_batch_to_commit(settings: Settings, conn: Conn) -> None:
+    """A bug in the middle of a batch rolls its transaction back: the next batch's commit must not
+    store half of it."""
+    conn.execute("CREATE TABLE IF NOT EXISTS writer_half (n int)")
+    conn.execute("TRUNCATE writer_half")
+    writer = BatchWriter(settings.require_database_url())
+
+    def half(c: Conn) -> None:
+        c.execute("BEGIN")
+        c.execute("INSERT INTO writer_half VALUES (1)")
+        raise ZeroDivisionError("a bug")
+
+    try:
+        with pytest.raises(ZeroDivisionError):
+            writer._run(half)
+        writer._run(lambda c: c.execute("SELECT 1"))  # the next piece of work, and its commit
+    finally:
+        writer.close()
+    assert _count(conn, "SELECT count(*) FROM writer_half") == 0
