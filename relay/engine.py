@@ -28,7 +28,6 @@ from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.rows import tuple_row
-from psycopg.types.json import Jsonb
 
 from pulsewire.db import pipelined
 from relay import alerts
@@ -261,12 +260,9 @@ def evaluate_device(
             found.deliveries = bool(batch.touched)
     with _queued(conn):  # the writes, in one round trip too (results are read only where needed)
         if batch is not None:
-            _save(conn, batch, hi)
-        conn.execute(
-            "WITH done AS (DELETE FROM eval_queue WHERE eval_id = ANY(%s))"
-            " DELETE FROM eval_retry WHERE device_id = %s",
-            (ids, device_id),
-        )
+            for alert_id, event in batch.touched.items():
+                alerts.enqueue(conn, alert_id, event, email=batch.cfg.email)
+        conn.execute(_DONE, _done_params(device_id, batch, hi, ids))
     return len(ids)
 
 
@@ -510,21 +506,37 @@ def _dump(state: State) -> str:
     return json.dumps(state, sort_keys=True, default=str)
 
 
-def _save(conn: Conn, batch: _Batch, newest: datetime) -> None:
-    device_id = batch.device["device_id"]
-    for key, state in batch.states.items():
-        if _dump(state) == batch.loaded.get(key):
-            continue  # unchanged: no write
-        conn.execute(
-            """INSERT INTO rule_state (device_id, rule_key, state) VALUES (%s, %s, %s)
-               ON CONFLICT (device_id, rule_key) DO UPDATE SET state = EXCLUDED.state, updated_at = now()""",
-            (device_id, key, Jsonb(state)),
-        )
-    conn.execute(
-        """INSERT INTO device_eval_state (device_id, watermark, last_input_at) VALUES (%s, %s, now())
-           ON CONFLICT (device_id) DO UPDATE SET watermark = greatest(device_eval_state.watermark,
-               EXCLUDED.watermark), last_input_at = now(), updated_at = now()""",
-        (device_id, newest),
-    )
-    for alert_id, event in batch.touched.items():
-        alerts.enqueue(conn, alert_id, event, email=batch.cfg.email)
+# What an evaluation leaves, in one statement: the rule states that changed, the device's
+# watermark (when the device is known), and the consumed queue rows (and any hold on the device).
+_DONE = """
+WITH states AS (
+    INSERT INTO rule_state (device_id, rule_key, state)
+    SELECT %(device)s, key, state::jsonb FROM unnest(%(keys)s::text[], %(states)s::text[]) AS s(key, state)
+    ON CONFLICT (device_id, rule_key) DO UPDATE SET state = EXCLUDED.state, updated_at = now()
+), mark AS (
+    INSERT INTO device_eval_state (device_id, watermark, last_input_at)
+    SELECT %(device)s, %(newest)s, now() WHERE %(known)s
+    ON CONFLICT (device_id) DO UPDATE SET watermark = greatest(device_eval_state.watermark,
+        EXCLUDED.watermark), last_input_at = now(), updated_at = now()
+), done AS (
+    DELETE FROM eval_queue WHERE eval_id = ANY(%(ids)s)
+)
+DELETE FROM eval_retry WHERE device_id = %(device)s
+"""
+
+
+def _done_params(device_id: str, batch: _Batch | None, newest: datetime, ids: list[int]) -> dict[str, Any]:
+    changed: dict[str, str] = {}
+    if batch is not None:
+        for key, state in batch.states.items():
+            dumped = _dump(state)
+            if dumped != batch.loaded.get(key):  # unchanged: no write
+                changed[key] = dumped
+    return {
+        "device": device_id,
+        "keys": list(changed),
+        "states": list(changed.values()),
+        "newest": newest,
+        "known": batch is not None,
+        "ids": ids,
+    }
