@@ -4,7 +4,8 @@
 types named in `ignoring` count as "not yet" (a server still starting refuses connections); any other
 exception is a real error and surfaces at once instead of being retried until the timeout.
 `serving(httpd)` runs a test's HTTP server in a thread for the length of a `with` block.
-`round_trips(conn, work)` counts the times `work` waited for PostgreSQL on `conn`.
+`round_trips(conn, work)` counts the times `work` waited for PostgreSQL on `conn`, `statements` the
+statements it ran there.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import psycopg
 
 from pulsewire.stack._ports import free_port
 
-__all__ = ["free_port", "round_trips", "serving", "wait_for"]
+__all__ = ["free_port", "round_trips", "serving", "statements", "wait_for"]
 
 T = TypeVar("T")
-_MESSAGE = re.compile(r"^\d{4}-\d\d-\d\d [\d:.]+\t([FB])\t", re.MULTILINE)
+_MESSAGE = re.compile(r"^\d{4}-\d\d-\d\d [\d:.]+\t([FB])\t\d+\t(\w+)", re.MULTILINE)
 
 
 def wait_for(
@@ -70,6 +71,17 @@ def round_trips(conn: psycopg.Connection[Any], work: Callable[[], object]) -> in
     Each time the client stops sending (F, frontend messages) and the server answers (B, backend)
     is one round trip, whatever the messages: a simple Query, a pipeline's Sync or Flush.
     """
+    sides = [side for side, _type in _messages(conn, work)]
+    return sum(1 for pair in itertools.pairwise(sides) if pair == ("F", "B"))
+
+
+def statements(conn: psycopg.Connection[Any], work: Callable[[], object]) -> int:
+    """How many statements `work` ran on `conn`: each simple Query or extended-protocol Bind sent."""
+    return sum(1 for side, kind in _messages(conn, work) if side == "F" and kind in ("Query", "Bind"))
+
+
+def _messages(conn: psycopg.Connection[Any], work: Callable[[], object]) -> list[tuple[str, str]]:
+    """(side, message type) of every protocol message while `work` runs: F frontend, B backend."""
     with tempfile.TemporaryFile("w+") as trace:
         conn.pgconn.trace(trace.fileno())
         try:
@@ -78,5 +90,4 @@ def round_trips(conn: psycopg.Connection[Any], work: Callable[[], object]) -> in
             conn.pgconn.untrace()
         trace.seek(0)
         # A message is a line "<timestamp>\t<F|B>\t<length>\t<type>..."; query texts may add lines.
-        sides = [m.group(1) for m in _MESSAGE.finditer(trace.read())]
-    return sum(1 for pair in itertools.pairwise(sides) if pair == ("F", "B"))
+        return [(m.group(1), m.group(2)) for m in _MESSAGE.finditer(trace.read())]

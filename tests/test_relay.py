@@ -16,7 +16,7 @@ from relay.engine import EngineConfig, evaluate_device, evaluate_one, pending_de
 from relay.rules import effective_rules, seed_defaults
 from relay.tick import check_silences, escalate
 from tests.fix_db import World
-from tests.helpers import round_trips
+from tests.helpers import round_trips, statements
 from tests.relay_support import alerts_of, assert_vendor_safe, commit_batch, evaluate
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -207,6 +207,15 @@ def test_a_red_alert_is_raised_in_five_round_trips_and_readings_in_three(
             conn, "icd-trips", events=[(t + timedelta(seconds=25), "device_reset", {"reason": "wdt"})]
         )
         assert round_trips(worker, lambda: evaluate_one(worker, "icd-trips", CFG)) == 5
+        # However many rule states change, the writes are one statement: BEGIN, five reads, the
+        # readings, the events, the writes, COMMIT.
+        more = [(t + timedelta(seconds=26 + i), "lead_impedance_rv_ohm", 650.0 + i) for i in range(3)]
+        commit_batch(conn, "icd-trips", more)
+        written = "SELECT rule_key, updated_at FROM rule_state WHERE device_id = 'icd-trips'"
+        before = {r["rule_key"]: r["updated_at"] for r in conn.execute(written)}
+        assert statements(worker, lambda: evaluate_one(worker, "icd-trips", CFG)) == 10
+        after = {r["rule_key"]: r["updated_at"] for r in conn.execute(written)}
+        assert len([key for key, at in after.items() if at != before.get(key)]) >= 2
     [alert] = alerts_of(conn, "icd-trips")
     assert alert["rule_key"] == "implant.device_reset"
     assert [o["event"] for o in _outbox(conn, alert["alert_id"])] == ["opened"] * 2  # mqtt x 2 audiences
