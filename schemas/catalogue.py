@@ -32,14 +32,14 @@ UCUM_SYSTEM = "http://unitsofmeasure.org"
 class Standard:
     """How a metric is named outside Pulsewire.
 
-    `mdc_code` is the numeric code in `MDC_SYSTEM` and `mdc_term` its reference id; both empty when
+    `ieee_code` is the numeric code in `MDC_SYSTEM` and `ieee_term` its reference id; both empty when
     no code is published (or none we could verify): such a metric is exported in
     `PULSEWIRE_METRIC_SYSTEM`. `vss_path` is the COVESA VSS 4.x signal of a vehicle metric.
     """
 
     ucum: str
-    mdc_code: int | None = None
-    mdc_term: str = ""
+    ieee_code: int | None = None
+    ieee_term: str = ""
     vss_path: str = ""
 
 

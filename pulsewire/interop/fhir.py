@@ -133,9 +133,9 @@ def _patient(owner: Row) -> Resource:
 def metric_code(name: str, metric: Metric | None) -> Resource:
     """The CodeableConcept of a metric: its MDC/IDC code first where it has one, always ours too."""
     codings: list[Resource] = []
-    codes = metric.standard if metric is not None else None
-    if codes is not None and codes.mdc_code is not None:
-        codings.append({"system": MDC_SYSTEM, "code": str(codes.mdc_code), "display": codes.mdc_term})
+    known = metric.standard if metric is not None else None
+    if known is not None and known.ieee_code is not None:
+        codings.append({"system": MDC_SYSTEM, "code": str(known.ieee_code), "display": known.ieee_term})
     codings.append({"system": PULSEWIRE_METRIC_SYSTEM, "code": name})
     return {"coding": codings, "text": metric.description if metric else name}
 
