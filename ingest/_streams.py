@@ -49,35 +49,11 @@ _RECORD = """
 INSERT INTO seq_gaps (device_id, boot_id, first_seq, last_seq)
 SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
 """
-# Every gap holding a late seq is replaced by the pieces its late seqs leave of it, all at once:
-# between consecutive late seqs, and after the last one. A stream's gaps never overlap, so each
-# late seq's gap is the one starting closest below it: one probe of `seq_gaps_stream` (migration
-# 0052) each, so the cost follows the late seqs, not late seqs times the stream's gaps.
+# Every gap holding a late seq is replaced by the pieces its late seqs leave of it, all at once,
+# with one index probe per late seq: `fill_seq_gaps` (migration 0053 says how, and why its plan
+# does not depend on the planner's statistics of this churning table).
 _FILL = """
-WITH late AS (
-  SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS l(device_id, boot_id, seq)
-), found AS (
-  SELECT g.gap_id, l.seq FROM late l
-  CROSS JOIN LATERAL (
-    SELECT gap_id, last_seq FROM seq_gaps
-    WHERE device_id = l.device_id AND boot_id = l.boot_id AND first_seq <= l.seq
-    ORDER BY first_seq DESC LIMIT 1
-  ) g
-  WHERE l.seq <= g.last_seq
-), hit AS (
-  DELETE FROM seq_gaps g WHERE g.gap_id IN (SELECT gap_id FROM found)
-  RETURNING g.gap_id, g.device_id, g.boot_id, g.first_seq, g.last_seq, g.detected_at
-), cuts AS (
-  SELECT h.*, f.seq, lag(f.seq) OVER (PARTITION BY h.gap_id ORDER BY f.seq) AS prev
-  FROM hit h JOIN found f USING (gap_id)
-), pieces AS (
-  SELECT device_id, boot_id, COALESCE(prev + 1, first_seq) AS lo, seq - 1 AS hi, detected_at FROM cuts
-  UNION ALL
-  SELECT device_id, boot_id, max(seq) + 1, last_seq, detected_at FROM cuts
-  GROUP BY gap_id, device_id, boot_id, last_seq, detected_at
-)
-INSERT INTO seq_gaps (device_id, boot_id, first_seq, last_seq, detected_at)
-SELECT device_id, boot_id, lo, hi, detected_at FROM pieces WHERE lo <= hi
+SELECT fill_seq_gaps(%s::text[], %s::text[], %s::bigint[])
 """
 
 

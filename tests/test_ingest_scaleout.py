@@ -13,6 +13,7 @@ rows came and went; none is left.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import tempfile
@@ -25,7 +26,7 @@ import psycopg
 import pytest
 from psycopg import pq
 
-from ingest._streams import update_streams
+from ingest._streams import _FILL, _columns, update_streams
 from ingest.service import IngestService
 from ingest.validate import Event, Telemetry
 from pulsewire.settings import Settings
@@ -147,3 +148,60 @@ def test_gap_bookkeeping_costs_a_fixed_number_of_statements_per_batch(
     with psycopg.connect(db_url) as c:
         left = c.execute("SELECT count(*) FROM seq_gaps WHERE device_id = ANY(%s)", (ids,)).fetchone()
     assert left == (0,)
+
+
+def rows_handled(plan: dict[str, Any]) -> float:
+    """Rows a plan's nodes produced or filtered out, in all their loops: the work it did."""
+    here = sum(float(v) for k, v in plan.items() if k.startswith("Rows Removed by"))
+    here = (here + float(plan["Actual Rows"])) * float(plan["Actual Loops"])
+    return here + sum(rows_handled(child) for child in plan.get("Plans", []))
+
+
+def fill_work(conn: Conn, streams: list[str], per_stream: int) -> float:
+    """Rows the fill handles per late seq, when each stream has `per_stream` one-seq gaps to close.
+
+    The gaps are inserted after an ANALYZE that saw seq_gaps empty, as autovacuum may leave it
+    between two bursts of reordering: the planner then believes the table holds one row. The plan
+    of every statement the fill runs, its function's included, comes back from auto_explain.
+    """
+    conn.execute("INSERT INTO seq_gaps (device_id, boot_id, first_seq, last_seq) VALUES ('x', 'b1', 1, 1)")
+    conn.execute("DELETE FROM seq_gaps WHERE device_id = 'x'")
+    conn.execute("ANALYZE seq_gaps")
+    gaps = [(d, "b1", s, s) for s in range(1, 2 * per_stream, 2) for d in streams]  # interleaved
+    plans: list[dict[str, Any]] = []
+    conn.add_notice_handler(lambda n: plans.append(json.loads(n.message_primary.split("\n", 1)[1])))
+    with conn.transaction(force_rollback=True):
+        conn.execute(
+            "INSERT INTO seq_gaps (device_id, boot_id, first_seq, last_seq)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])",
+            _columns(gaps),
+        )
+        conn.execute("LOAD 'auto_explain'")
+        for name, value in AUTO_EXPLAIN.items():
+            conn.execute(f"SET LOCAL auto_explain.{name} = {value}")
+        conn.execute(_FILL, _columns([(d, b, s) for d, b, s, _ in gaps]))
+        conn.execute("RESET auto_explain.log_min_duration")
+        left = conn.execute("SELECT count(*) AS n FROM seq_gaps WHERE device_id = ANY(%s)", (streams,))
+        assert left.fetchone() == {"n": 0}
+    assert plans
+    return sum(rows_handled(p["Plan"]) for p in plans) / len(gaps)
+
+
+AUTO_EXPLAIN = {
+    "log_min_duration": "0",
+    "log_analyze": "on",
+    "log_timing": "off",
+    "log_nested_statements": "on",
+    "log_format": "json",
+    "log_level": "notice",
+}
+
+
+def test_filling_gaps_does_the_same_work_per_late_seq_however_many_gaps_on_stale_statistics(
+    conn: Conn,
+) -> None:
+    """On statistics that call seq_gaps empty, closing 4x the gaps is 4x the work, not 16x."""
+    streams = [f"stale-{i}" for i in range(20)]
+    small, large = fill_work(conn, streams, 200), fill_work(conn, streams, 800)
+    print(f"\nrows handled per late seq: {small:.1f} (200 gaps a stream), {large:.1f} (800 gaps a stream)")
+    assert large <= 1.5 * small, (small, large)
