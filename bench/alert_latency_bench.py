@@ -42,7 +42,7 @@ from bench import cpu, hostile, pacing
 from pulsewire import registry
 from pulsewire.db import connect
 from pulsewire.migrate import migrate
-from pulsewire.settings import MqttTarget
+from pulsewire.settings import MqttTarget, Settings
 from pulsewire.stack import Stack
 from relay import store
 from relay.egress import EgressPolicy
@@ -256,6 +256,7 @@ def _measure(
         "relay_workers": args.relays,
         "relay_split": args.split_relay,
         "clients_nice": args.clients_nice,
+        "ingest_flush_interval_ms": Settings().flush_interval_ms,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }
@@ -421,12 +422,13 @@ def main() -> int:
         info = stack.up()
         receiver = _Receiver()
         ids = _setup(info.database_url, state_dir, receiver)
+        # The services run with the product's defaults unless the caller's environment says
+        # otherwise (PULSEWIRE_FLUSH_INTERVAL_MS, say); the results name the flush interval.
         env = {
             **os.environ,
             "PULSEWIRE_DATABASE_URL": info.database_url,
             "PULSEWIRE_MQTT_URL": info.mqtt_url,
             "PULSEWIRE_STATE_DIR": str(state_dir),
-            "PULSEWIRE_FLUSH_INTERVAL_MS": "5",
             "PULSEWIRE_WEBHOOK_ALLOW_PRIVATE": "1",  # the receiver is on loopback
         }
         procs = _services(env, args.relays, split=args.split_relay)
