@@ -5,7 +5,7 @@ types named in `ignoring` count as "not yet" (a server still starting refuses co
 exception is a real error and surfaces at once instead of being retried until the timeout.
 `serving(httpd)` runs a test's HTTP server in a thread for the length of a `with` block.
 `round_trips(conn, work)` counts the times `work` waited for PostgreSQL on `conn`, `statements` the
-statements it ran there.
+statements it ran there. `plan_sum(plan, count)` adds up `count(node)` over a JSON EXPLAIN plan.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import psycopg
 
 from pulsewire.stack._ports import free_port
 
-__all__ = ["free_port", "round_trips", "serving", "statements", "wait_for"]
+__all__ = ["free_port", "plan_sum", "round_trips", "serving", "statements", "wait_for"]
 
 T = TypeVar("T")
 _MESSAGE = re.compile(r"^\d{4}-\d\d-\d\d [\d:.]+\t([FB])\t\d+\t(\w+)", re.MULTILINE)
@@ -91,3 +91,8 @@ def _messages(conn: psycopg.Connection[Any], work: Callable[[], object]) -> list
         trace.seek(0)
         # A message is a line "<timestamp>\t<F|B>\t<length>\t<type>..."; query texts may add lines.
         return [(m.group(1), m.group(2)) for m in _MESSAGE.finditer(trace.read())]
+
+
+def plan_sum(plan: dict[str, Any], count: Callable[[dict[str, Any]], float]) -> float:
+    """`count(node)` summed over every node of a JSON `EXPLAIN ANALYZE` plan, children included."""
+    return count(plan) + sum(plan_sum(child, count) for child in plan.get("Plans", []))

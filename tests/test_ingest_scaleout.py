@@ -31,6 +31,7 @@ from ingest.service import IngestService
 from ingest.validate import Event, Telemetry
 from pulsewire.settings import Settings
 from tests.fix_db import World
+from tests.helpers import plan_sum
 from tests.ingest_support import Publisher, in_process_statuses, running_ingest, settle, telemetry
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -150,11 +151,10 @@ def test_gap_bookkeeping_costs_a_fixed_number_of_statements_per_batch(
     assert left == (0,)
 
 
-def rows_handled(plan: dict[str, Any]) -> float:
-    """Rows a plan's nodes produced or filtered out, in all their loops: the work it did."""
-    here = sum(float(v) for k, v in plan.items() if k.startswith("Rows Removed by"))
-    here = (here + float(plan["Actual Rows"])) * float(plan["Actual Loops"])
-    return here + sum(rows_handled(child) for child in plan.get("Plans", []))
+def handled(node: dict[str, Any]) -> float:
+    """Rows a plan node produced or filtered out, in all its loops: the work it did."""
+    removed = sum(float(v) for k, v in node.items() if k.startswith("Rows Removed by"))
+    return (removed + float(node["Actual Rows"])) * float(node["Actual Loops"])
 
 
 def fill_work(conn: Conn, streams: list[str], per_stream: int) -> float:
@@ -193,7 +193,7 @@ def fill_work(conn: Conn, streams: list[str], per_stream: int) -> float:
     finally:
         conn.remove_notice_handler(explained)
     assert plans
-    return sum(rows_handled(p["Plan"]) for p in plans) / len(gaps)
+    return sum(plan_sum(p["Plan"], handled) for p in plans) / len(gaps)
 
 
 AUTO_EXPLAIN = {

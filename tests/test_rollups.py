@@ -15,6 +15,7 @@ import pytest
 from dashboards.queries import ReadingsQuery
 from pulsewire import rollups
 from pulsewire.migrate import Storage
+from tests.helpers import plan_sum
 from tests.storage_support import Reading, answer, expected, raw_answer, refresh_rollups, series, write
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -97,8 +98,11 @@ def _raw_relations(conn: Conn, storage: Storage) -> set[str]:
 
 def _rows_read(plan: dict[str, Any], relations: set[str]) -> int:
     """Rows the scans of `relations` returned, over a JSON `EXPLAIN ANALYZE` plan."""
-    own = plan["Actual Rows"] * plan["Actual Loops"] if plan.get("Relation Name") in relations else 0
-    return int(own) + sum(_rows_read(child, relations) for child in plan.get("Plans", []))
+
+    def own(node: dict[str, Any]) -> float:
+        return node["Actual Rows"] * node["Actual Loops"] if node.get("Relation Name") in relations else 0
+
+    return int(plan_sum(plan, own))
 
 
 def test_a_long_range_reads_raw_rows_only_at_its_edges_and_newest_hours(
