@@ -49,6 +49,12 @@ def snapshot() -> Counter[str]:
     return used
 
 
+def idle() -> float:
+    """CPU seconds the machine's CPUs have spent idle so far (idle and iowait, from /proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / _TICK
+
+
 def percent(before: Counter[str], after: Counter[str], seconds: float) -> dict[str, float]:
     """Each role's share of one CPU over the interval, in percent (200 = two CPUs busy)."""
     used = {role: max(0.0, after[role] - before[role]) for role in ROLES}

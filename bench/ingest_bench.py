@@ -31,6 +31,7 @@ from typing import Any
 
 import psycopg
 
+from bench import cpu
 from pulsewire import registry
 from pulsewire.migrate import migrate
 from pulsewire.settings import MqttTarget
@@ -252,16 +253,20 @@ def end_to_end(
     # outgrow its max_queued_bytes (and drop messages) within 20 s; above the target, ingest still
     # sets the pace, so the rate measured is what it sustains (capped by the offer, never above).
     rate = TARGET_MSGS[per_msg] * args.offered
+    cpu_before, idle_before, began = cpu.snapshot(), cpu.idle(), time.perf_counter()
     first, sent_msgs = publish_for(
         mqtt_url, devices, per_msg, args.duration, boot, publishers=args.publishers, rate=rate
     )
     deadline = time.time() + 120
     while (got := committed(url, boot))[0] < sent_msgs and time.time() < deadline:
         time.sleep(0.5)
+    elapsed = time.perf_counter() - began
+    used = cpu.percent(cpu_before, cpu.snapshot(), elapsed)
+    used["cpu_idle_pct"] = round(100 * (cpu.idle() - idle_before) / elapsed, 1)
     msgs, rows, last = got
     span = last - first
     return {"sent_msgs": sent_msgs, "msgs": msgs, "rows": rows, "span_s": span, "rows_per_s": rows / span,
-            "msgs_per_s": msgs / span, "offered_msgs_per_s": sent_msgs / args.duration}  # fmt: skip
+            "msgs_per_s": msgs / span, "offered_msgs_per_s": sent_msgs / args.duration, **used}  # fmt: skip
 
 
 def setup_devices(url: str, n: int) -> list[str]:
@@ -410,6 +415,15 @@ def report(args: argparse.Namespace, copy_rates: list[float], alone: dict[int, f
             print(f"  {w}, {n}/msg: {r['msgs']:,}/{r['sent_msgs']:,} messages committed, "
                   f"{r['rows']:,} readings in {r['span_s']:.1f}s (first publish to last commit); "
                   f"{capped}")  # fmt: skip
+    print(
+        "CPU by role while publishing and draining (% of one CPU; the machine has "
+        f"{100 * (os.cpu_count() or 1)}; load = the bench's publishers)"
+    )
+    roles = [role for role in cpu.ROLES if role not in ("relay", "dashboard")] + ["idle"]
+    print(f"  {'setup, readings a message':<34}" + "".join(f"{role:>10}" for role in roles))
+    for w, run in runs.items():
+        for n, r in run.items():
+            print(f"  {f'{w}, {n}/msg':<34}" + "".join(f"{r[f'cpu_{role}_pct']:>10.0f}" for role in roles))
 
 
 if __name__ == "__main__":
