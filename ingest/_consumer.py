@@ -107,13 +107,17 @@ class Consumer:
         rc = client.loop_read() if client.buffered() else client.loop(timeout_s)
         if rc is not MQTTErrorCode.MQTT_ERR_SUCCESS:
             return  # connection lost: paho closed the socket, the next pump reconnects
-        # Packets already in the socket buffer: read them without a select() per packet.
-        for _ in range(MAX_BURST):
+        # Packets already in the socket buffer: read them without a select() per packet, the
+        # publishes among them framed in bulk and the rest (or a packet cut by the read) by paho.
+        budget = MAX_BURST
+        while budget > 0:
             before = self._received
+            client.read_publishes(full, budget)
             if full() or client.loop_read() is not MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
             if self._received == before:
                 break
+            budget -= self._received - before
         if client.want_write():
             client.loop_write()
         client.loop_misc()  # keepalive: loop_read() alone never sends a ping

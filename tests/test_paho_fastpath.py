@@ -7,10 +7,13 @@ pin in pyproject.toml) rather than letting the hot path misbehave quietly.
 from __future__ import annotations
 
 import inspect
+import struct
 import threading
 import uuid
 
 import paho.mqtt.client as mqtt
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest._paho_fastpath import FastClient
@@ -78,6 +81,7 @@ class _Consumer:
     def _drive(self) -> None:
         client = self.client
         while not self._stop.is_set():
+            client.read_publishes(lambda: False, 512)
             client.loop_read() if client.buffered() else client.loop(0.05)
 
     def close(self) -> None:
@@ -162,3 +166,104 @@ def test_a_connection_silent_for_a_keepalive_with_a_ping_unanswered_is_still_clo
     client._last_bytes_received = client._ping_t = mqtt.time_func() - keepalive - 1
     client.loop_misc()
     assert client.socket() is None and reasons and set(reasons) == {"Keep alive timeout"}
+
+
+# -- framing publishes in bulk, against paho's own reading of the same bytes -------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, byte = n >> 7, n & 0x7F
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _publish(topic: str, payload: bytes, *, qos: int, mid: int, flags: int, user_property: bool) -> bytes:
+    """An MQTT 5 PUBLISH: `flags` sets DUP (8) and RETAIN (1); a user property makes paho read it."""
+    name = topic.encode()
+    head = struct.pack("!H", len(name)) + name + (struct.pack("!H", mid) if qos else b"")
+    props = b"\x26" + struct.pack("!H", 1) + b"k" + struct.pack("!H", 1) + b"v" if user_property else b""
+    body = head + _varint(len(props)) + props + payload
+    return bytes([0x30 | qos << 1 | flags]) + _varint(len(body)) + body
+
+
+class _Chunks:
+    """A socket whose `recv` returns the stream cut where the test says, then "would block"."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def recv(self, bufsize: int) -> bytes:
+        if not self.chunks:
+            raise BlockingIOError
+        chunk = self.chunks.pop(0)
+        if len(chunk) > bufsize:
+            self.chunks.insert(0, chunk[bufsize:])
+        return chunk[:bufsize]
+
+    def close(self) -> None:  # paho closes a connection whose bytes it cannot parse
+        self.chunks = []
+
+
+_messages = st.lists(
+    st.tuples(
+        st.sampled_from(["fast", "qos0", "properties"]),
+        st.sampled_from([0, 1, 20, 200, 20_000]),  # payload sizes: 1, 2 and 3 length bytes
+        st.sampled_from([0, 1, 8, 9]),  # DUP and RETAIN
+        st.sampled_from([0, 1, 0x80, 0xFF]),  # the payload's bytes: a QoS 0 one must not pass for QoS 1
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages=_messages, cuts=st.lists(st.integers(min_value=1, max_value=70_000), max_size=12),
+       burst=st.integers(min_value=1, max_value=5))  # fmt: skip
+def test_publishes_framed_in_bulk_reach_the_sinks_as_pahos_reading_of_the_same_bytes(
+    messages: list[tuple[str, int, int, int]], cuts: list[int], burst: int
+) -> None:
+    """Any stream of publishes, cut anywhere by the reads: each message reaches one sink once, in order."""
+    stream, expected = bytearray(), []
+    for i, (kind, size, flags, fill) in enumerate(messages):
+        topic, payload, mid = f"pulsewire/v1/t/dev-{i}", bytes([fill]) * size, i + 1
+        qos = 0 if kind == "qos0" else 1
+        stream += _publish(topic, payload, qos=qos, mid=mid, flags=flags, user_property=kind == "properties")
+        expected.append(("fast" if kind == "fast" else "paho", topic, payload))
+    chunks, last = [], 0
+    for cut in sorted({c for c in cuts if c < len(stream)}):
+        chunks.append(bytes(stream[last:cut]))
+        last = cut
+    chunks.append(bytes(stream[last:]))
+
+    got: list[tuple[str, str, bytes]] = []
+
+    def fast(topic: str, payload: bytes, mid: int) -> None:
+        got.append(("fast", topic, payload))
+
+    client = FastClient(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True, fast_sink=fast)
+    client.on_message = lambda c, u, msg: got.append(("paho", msg.topic, bytes(msg.payload)))
+    client._sock = _Chunks(chunks)
+    for _ in range(10 * len(stream)):  # ingest's pump(): bulk framing, then one packet by paho
+        client.read_publishes(lambda: False, burst)
+        client.loop_read()
+        if not client._sock.chunks and not client.buffered() and not client._in_packet["command"]:
+            break
+    assert got == expected
+
+
+def test_bulk_framing_stops_when_the_batch_is_full_and_leaves_the_rest_read_ahead() -> None:
+    stream = b"".join(
+        _publish(f"t/{i}", b"x", qos=1, mid=i + 1, flags=0, user_property=False) for i in range(10)
+    )
+    got: list[int] = []
+    client = FastClient(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True,
+                        fast_sink=lambda topic, payload, mid: got.append(mid))  # fmt: skip
+    client._sock = _Chunks([stream])
+    client.loop_read()  # paho reads the first packet, and the rest is read ahead
+    assert got == [1] and client.buffered()
+    assert client.read_publishes(lambda: len(got) >= 4, 100) == 3 and got == [1, 2, 3, 4]
+    assert client.read_publishes(lambda: False, 2) == 2 and got[-2:] == [5, 6]
+    assert client.read_publishes(lambda: False, 100) == 4 and got[-1] == 10 and not client.buffered()
