@@ -60,8 +60,9 @@ def connect_options(target: MqttTarget, client_id: str) -> ConnectOptions:
 
 MAX_BURST = 512  # packets read per pump() without another select(), so acks and batches keep flowing
 
-# topic, payload, mid, qos, connection number
-Received = tuple[str, bytes, int, int, int]
+# topic, payload, mid, qos, connection number, and whether the broker sends it again (MQTT's DUP
+# flag on its way to us: set by the broker, never passed on from the device)
+Received = tuple[str, bytes, int, int, int, bool]
 # mid, qos, connection number
 Ack = tuple[int, int, int]
 Sink = Callable[[Received], None]
@@ -195,12 +196,12 @@ class Consumer:
         if reason.is_failure:
             log.warning("disconnected from broker: %s; reconnecting", reason)
 
-    def _on_qos1(self, topic: str, payload: bytes, mid: int) -> None:
+    def _on_qos1(self, topic: str, payload: bytes, mid: int, dup: bool) -> None:
         self._received += 1
-        self._sink((topic, payload, mid, 1, self._connection))
+        self._sink((topic, payload, mid, 1, self._connection, dup))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._received += 1
         payload = msg.payload
         data = payload if isinstance(payload, bytes) else bytes(payload)
-        self._sink((msg.topic, data, msg.mid, msg.qos, self._connection))
+        self._sink((msg.topic, data, msg.mid, msg.qos, self._connection, bool(msg.dup)))

@@ -26,7 +26,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 
-FastSink = Callable[[str, bytes, int], None]  # topic, payload, mid of a QoS 1 message
+# topic, payload, mid of a QoS 1 message, and its DUP flag: the broker sends it again (never the device's)
+FastSink = Callable[[str, bytes, int, bool], None]
 _PUBACK = struct.Struct("!BBH")  # fixed header (PUBACK, remaining length 2), packet id: "success"
 READ_SIZE = 256 * 1024
 
@@ -100,10 +101,11 @@ class FastClient(mqtt.Client):
             end_topic = at + 2 + (buf[at] << 8 | buf[at + 1])
             if stop < end_topic + 3 or buf[end_topic + 2] != 0:
                 break  # properties, or a packet too short for its topic: paho's path
-            mid = buf[end_topic] << 8 | buf[end_topic + 1]
+            mid, dup = buf[end_topic] << 8 | buf[end_topic + 1], bool(buf[pos] & 0x08)
             self._rpos = pos = stop
             done += 1
-            sink(buf[at + 2 : end_topic].decode("utf-8", "replace"), buf[end_topic + 3 : stop], mid)
+            topic = buf[at + 2 : end_topic].decode("utf-8", "replace")
+            sink(topic, buf[end_topic + 3 : stop], mid, dup)
             if full():
                 break
         if done:
@@ -120,7 +122,7 @@ class FastClient(mqtt.Client):
         mid = packet[end_topic] << 8 | packet[end_topic + 1]
         # Mosquitto only forwards valid UTF-8 topics; a bad one becomes an unknown topic, not a crash.
         topic = packet[2:end_topic].decode("utf-8", "replace")
-        self._fast_sink(topic, bytes(packet[end_topic + 3 :]), mid)
+        self._fast_sink(topic, bytes(packet[end_topic + 3 :]), mid, bool(command & 0x08))
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _sock_recv(self, bufsize: int) -> bytes:

@@ -6,16 +6,21 @@ A batch goes when it is full (`batch_max_rows`), 2 ms after its first message wh
 idle, or `flush_interval_ms` after it while the writer is busy; and a writer that finishes a commit
 with nothing queued takes the batch being built at once. So a message waits at most for the commit
 in progress (group commit: batches grow with the writer's commit time), never for a timer while the
-writer is idle. When the queue is full the network thread stops reading the socket and the broker
+writer is idle. The exception is a throttled device's messages (below): no alert can come of them,
+so a batch of nothing else waits for `flush_interval_ms`. A flood is then committed a few times a
+second, instead of keeping the writer busy (and other devices' messages waiting) commit after
+commit. When the queue is full the network thread stops reading the socket and the broker
 holds the rest (backpressure, not memory growth). The writer thread commits each batch in one
 transaction and only then passes its acks back; the network thread sends them, a batch at a time.
 A crash loses nothing, and a redelivery is deduplicated by `ingest_log`.
 Before a batch is written, each device is charged for its messages (`ingest.budget`); what exceeds
-its budget is quarantined as `rate_limited`. A device found over budget is throttled for
-`THROTTLE_HOLD_S`: meanwhile the network thread quarantines its messages on sight, without
-validating them, so a flood costs little more than reading it. Of a device's excess, quarantine
-keeps `quarantine_rate_limited_kept_per_min` payloads a minute and counts the rest. Quarantined
-messages replayed by `pulsewire quarantine replay` arrive on `pw/v1/replay/...` (only the service
+its budget is quarantined as `rate_limited`. Copies the broker sends again (MQTT's DUP flag, after a
+reconnect of ours or a restart of its own) are not charged: the device sent them once, and a broker
+restart would otherwise spend a device's budget on thousands of redeliveries. A device found over
+budget is throttled for `THROTTLE_HOLD_S`: meanwhile the network thread quarantines its messages on
+sight, without validating them, so a flood costs little more than reading it. Of a device's excess,
+quarantine keeps `quarantine_rate_limited_kept_per_min` payloads a minute and counts the rest.
+Quarantined messages replayed by `pulsewire quarantine replay` arrive on `pw/v1/replay/...` (only the service
 login may publish there), are validated like any other and are not charged again.
 While PostgreSQL is away the same batch is retried with capped backoff. The writer spends most of
 its time in PostgreSQL with the GIL released, so validation and commit overlap.
@@ -52,7 +57,7 @@ from schemas.topics import REPLAY_PREFIX, UPLINK_KINDS, parse_uplink, unreplayed
 
 log = logging.getLogger(__name__)
 
-Raw = Received  # topic, payload, mid, qos, connection
+Raw = Received  # topic, payload, mid, qos, connection, redelivered by the broker
 HANDOFF_BATCHES = 2  # validated batches waiting for the writer (the memory bound, with the two in hand)
 REGISTRY_RELOAD_S = 2.0  # a device added a moment ago is accepted after at most this long
 MAINTENANCE_EVERY_S = 3600.0
@@ -74,7 +79,10 @@ class _Batch:
     raws: list[Raw] = field(default_factory=list)
     items: list[Validated] = field(default_factory=list)
     rows: int = 0
-    replayed: set[int] = field(default_factory=set)  # indices of replayed messages: not charged
+    # indices of messages not charged to their device: replayed from quarantine, or sent again by the
+    # broker (after a reconnect of ours or a restart of its own: the device sent them once)
+    uncharged: set[int] = field(default_factory=set)
+    urgent: bool = False  # holds a message other than a throttled device's: it goes without waiting
     number: int = -1  # its place in the batch order, given when it is closed
 
 
@@ -178,18 +186,25 @@ class IngestService:
     def _collect(self) -> _Batch:
         """Pump the network until a batch is full, or `flush_interval_ms` after its first message
         once the writer has nothing else waiting (so batches grow, and commits get fewer, under load);
-        when the writer is idle, 2 ms after its first message.
+        when the writer is idle, 2 ms after its first message. A batch of throttled devices' messages
+        only goes `flush_interval_ms` after its first, or 2 ms after another device's message joins it.
         """
         max_rows, flush_s = self.settings.batch_max_rows, self.settings.flush_interval_ms / 1000
-        deadline, building = 0.0, self._batch
+        deadline, building, urgent = 0.0, self._batch, False
         while self._batch.rows < max_rows and not self._intake_closed.is_set():
             if building is not self._batch:  # the writer took the batch: a new one begins
-                deadline, building = 0.0, self._batch
+                deadline, building, urgent = 0.0, self._batch, False
             if not building.raws:
                 timeout = _POLL_S
             else:
-                deadline = deadline or time.monotonic() + (flush_s if self._writer_busy() else _IDLE_FLUSH_S)
-                timeout = deadline - time.monotonic()
+                now = time.monotonic()
+                if building.urgent and not urgent:  # its first message that may matter
+                    urgent = True
+                    due = now + (flush_s if self._writer_busy() else _IDLE_FLUSH_S)
+                    deadline = min(deadline, due) if deadline else due
+                elif not deadline:
+                    deadline = now + flush_s
+                timeout = deadline - now
                 if timeout <= 0:
                     if self._handoff.empty():
                         break
@@ -211,11 +226,13 @@ class IngestService:
         replayed = raw[0].startswith(REPLAY_PREFIX)
         if replayed:
             raw = (unreplayed(raw[0]), *raw[1:])
-        item = (not replayed and self._throttled and self._throttle(raw)) or self._validate(raw)
+        throttled = not replayed and self._throttled and self._throttle(raw)
+        item = throttled or self._validate(raw)
         with self._batch_lock:
             batch = self._batch
-            if replayed:
-                batch.replayed.add(len(batch.raws))
+            batch.urgent = batch.urgent or not throttled
+            if replayed or raw[5]:
+                batch.uncharged.add(len(batch.raws))
             batch.raws.append(raw)
             batch.items.append(item)
             batch.rows += len(item.readings) if isinstance(item, Telemetry) else 1
@@ -300,8 +317,8 @@ class IngestService:
         if self._intake_closed.is_set():
             return None
         with self._batch_lock:
-            if self._handing or not self._handoff.empty() or not self._batch.raws:
-                return None
+            if self._handing or not self._handoff.empty() or not self._batch.urgent:
+                return None  # nothing to take, or a throttled flood only: that waits for its deadline
             batch, self._batch = self._batch, _Batch()
             batch.number, self._numbered = self._numbered, self._numbered + 1
         return batch
@@ -339,16 +356,16 @@ class IngestService:
 
     def _committed(self, batch: _Batch, outcome: BatchOutcome) -> None:
         """In batch order: queue the batch's acks for the network thread and count what it stored."""
-        self._acks.append([(mid, qos, conn) for _t, _p, mid, qos, conn in batch.raws])
+        self._acks.append([(mid, qos, conn) for _t, _p, mid, qos, conn, _dup in batch.raws])
         self._count(batch, outcome)
 
     def _charge(self, batch: _Batch) -> None:
         """Charge each device for its messages; quarantine what exceeds its budget (`rate_limited`)."""
-        items, replayed = batch.items, batch.replayed
+        items, uncharged = batch.items, batch.uncharged
         # Quarantined unread by the network thread (a throttled device): excess already, not charged.
         early = {i: item for i, item in enumerate(items) if _rate_limited(item)}
         over = self._budget.over_budget(
-            None if i in replayed or i in early else item.device_id for i, item in enumerate(items)
+            None if i in uncharged or i in early else item.device_id for i, item in enumerate(items)
         )
         if not over and not early:
             return
@@ -358,10 +375,10 @@ class IngestService:
             self._throttled[device] = hold
         for i, item in enumerate(items):
             device_id = item.device_id
-            if device_id is None or i in replayed:
+            if device_id is None:
                 continue
             excess = early.get(i)
-            if device_id in over and excess is None:
+            if device_id in over and excess is None and i not in uncharged:
                 if over[device_id]:  # the device's first messages are admitted
                     over[device_id] -= 1
                     continue

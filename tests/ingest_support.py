@@ -127,6 +127,17 @@ def _acked(info: mqtt.MQTTMessageInfo) -> bool:
         return False
 
 
+def forget_session(settings: Settings, client_id: str) -> None:
+    """End a persistent session, so it does not collect every later test's messages."""
+    target = settings.mqtt()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set(target.username, target.password)
+    client.connect(target.host, target.port, clean_start=True)
+    client.loop_start()
+    client.disconnect()
+    client.loop_stop()
+
+
 def start_ingest_process(database_url: str, mqtt_url: str, state_dir: Path, *, client_id: str,
                          share_group: str, log_path: Path, metrics_port: int = 0,
                          writers: int = 1) -> subprocess.Popen[bytes]:  # fmt: skip

@@ -15,10 +15,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest import IngestService
 from pulsewire.settings import Settings
@@ -28,6 +26,7 @@ from tests.helpers import free_port
 from tests.ingest_support import (
     Committed,
     Publisher,
+    forget_session,
     in_process_statuses,
     running_ingest,
     scraped_statuses,
@@ -212,17 +211,6 @@ def test_broker_restart_mid_stream_loses_nothing(
     finally:
         svc.stop()
         forget_session(settings, client_id)
-
-
-def forget_session(settings: Settings, client_id: str) -> None:
-    """End a persistent session, so it does not collect every later test's messages."""
-    target = settings.mqtt()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.username_pw_set(target.username, target.password)
-    client.connect(target.host, target.port, clean_start=True)
-    client.loop_start()
-    client.disconnect()
-    client.loop_stop()
 
 
 def test_two_workers_on_the_shared_subscription_store_everything_once(

@@ -46,12 +46,12 @@ class _Got:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.fast: list[tuple[str, bytes, int]] = []
+        self.fast: list[tuple[str, bytes, int, bool]] = []
         self.slow: list[bytes] = []
 
-    def on_fast(self, topic: str, payload: bytes, mid: int) -> None:
+    def on_fast(self, topic: str, payload: bytes, mid: int, dup: bool) -> None:
         with self.lock:
-            self.fast.append((topic, payload, mid))
+            self.fast.append((topic, payload, mid, dup))
 
     def on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
@@ -108,15 +108,17 @@ def test_qos1_goes_to_the_sink_and_only_acknowledged_messages_are_not_resent(sta
             publisher.publish(topic, body, qos=1).wait_for_publish(10)
         publisher.publish(topic, b"at most once", qos=0).wait_for_publish(10)
         wait_for(lambda: len(got.fast) == 3 and got.slow, what="three fast and one slow message")
-        assert [p for _, p, _ in got.fast] == [b"one", b"two", b"three"] and got.slow == [b"at most once"]
-        consumer.client.queue_pubacks(mid for _, _, mid in got.fast[:2])  # "three" stays unacknowledged
+        assert [p for _, p, _, _ in got.fast] == [b"one", b"two", b"three"] and got.slow == [b"at most once"]
+        assert not any(dup for *_, dup in got.fast)
+        consumer.client.queue_pubacks(mid for _, _, mid, _ in got.fast[:2])  # "three" stays unacknowledged
         consumer.close()
 
         again = _Got()
         consumer = _Consumer(options, again, topic)  # the same session: the broker resends "three" first
         publisher.publish(topic, b"marker", qos=1).wait_for_publish(10)
-        wait_for(lambda: any(p == b"marker" for _, p, _ in again.fast), what="the marker")
-        assert [p for _, p, _ in again.fast] == [b"three", b"marker"]
+        wait_for(lambda: any(p == b"marker" for _, p, _, _ in again.fast), what="the marker")
+        # The copy sent again carries the broker's DUP flag (ingest does not charge it to the device).
+        assert [(p, dup) for _, p, _, dup in again.fast] == [(b"three", True), (b"marker", False)]
     finally:
         consumer.close()
         publisher.disconnect()
@@ -225,26 +227,27 @@ _messages = st.lists(
 def test_publishes_framed_in_bulk_reach_the_sinks_as_pahos_reading_of_the_same_bytes(
     messages: list[tuple[str, int, int, int]], cuts: list[int], burst: int
 ) -> None:
-    """Any stream of publishes, cut anywhere by the reads: each message reaches one sink once, in order."""
+    """Any stream of publishes, cut anywhere by the reads: each message reaches one sink once, in order,
+    with its DUP flag (the broker's mark of a message it sends again)."""
     stream, expected = bytearray(), []
     for i, (kind, size, flags, fill) in enumerate(messages):
         topic, payload, mid = f"pulsewire/v1/t/dev-{i}", bytes([fill]) * size, i + 1
         qos = 0 if kind == "qos0" else 1
         stream += _publish(topic, payload, qos=qos, mid=mid, flags=flags, user_property=kind == "properties")
-        expected.append(("fast" if kind == "fast" else "paho", topic, payload))
+        expected.append(("fast" if kind == "fast" else "paho", topic, payload, bool(flags & 8)))
     chunks, last = [], 0
     for cut in sorted({c for c in cuts if c < len(stream)}):
         chunks.append(bytes(stream[last:cut]))
         last = cut
     chunks.append(bytes(stream[last:]))
 
-    got: list[tuple[str, str, bytes]] = []
+    got: list[tuple[str, str, bytes, bool]] = []
 
-    def fast(topic: str, payload: bytes, mid: int) -> None:
-        got.append(("fast", topic, payload))
+    def fast(topic: str, payload: bytes, mid: int, dup: bool) -> None:
+        got.append(("fast", topic, payload, dup))
 
     client = FastClient(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True, fast_sink=fast)
-    client.on_message = lambda c, u, msg: got.append(("paho", msg.topic, bytes(msg.payload)))
+    client.on_message = lambda c, u, msg: got.append(("paho", msg.topic, bytes(msg.payload), bool(msg.dup)))
     client._sock = _Chunks(chunks)
     for _ in range(10 * len(stream)):  # ingest's pump(): bulk framing, then one packet by paho
         client.read_publishes(lambda: False, burst)
@@ -260,7 +263,7 @@ def test_bulk_framing_stops_when_the_batch_is_full_and_leaves_the_rest_read_ahea
     )
     got: list[int] = []
     client = FastClient(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True,
-                        fast_sink=lambda topic, payload, mid: got.append(mid))  # fmt: skip
+                        fast_sink=lambda topic, payload, mid, dup: got.append(mid))  # fmt: skip
     client._sock = _Chunks([stream])
     client.loop_read()  # paho reads the first packet, and the rest is read ahead
     assert got == [1] and client.buffered()
