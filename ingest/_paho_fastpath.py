@@ -3,15 +3,17 @@
 Why: in the network thread, paho's own handling of a message is most of the cost of ingest. It
 reads each packet's fixed header a byte at a time (three `recv()` calls a message), builds a
 `Properties` object, an `MQTTMessage` and a debug log line and matches callbacks per message, and
-`ack()` costs a wake-up byte and a `send()` per message. `FastClient` reads ahead, hands the common
-QoS 1 PUBLISH straight to a sink, and queues many PUBACKs as one write; see docs/benchmarks.md
-for what it measured. Everything else (CONNECT, SUBSCRIBE, keepalive, other publishes) is paho's,
-except that a PINGRESP late behind a backlog is not taken for a dead connection (`loop_misc`).
+`ack()` costs a wake-up byte and a `send()` per message. `FastClient` reads ahead, frames the
+common QoS 1 PUBLISHes it has read ahead in one loop and hands them straight to a sink, and queues
+many PUBACKs as one write; see docs/benchmarks.md for what it measured. Everything else (CONNECT,
+SUBSCRIBE, keepalive, other publishes) is paho's, except that a PINGRESP late behind a backlog is
+not taken for a dead connection (`loop_misc`).
 
 It overrides or calls three private members of `paho.mqtt.client.Client`, with their 2.2 shapes:
 `_sock_recv(bufsize) -> bytes`, `_handle_publish() -> MQTTErrorCode` reading `_in_packet["command"]`
 and `_in_packet["packet"]`, and `_packet_queue(command, packet, mid, qos)`; it also reads `_sock`,
-`_keepalive` and `_last_bytes_received` (a `time_func()` reading) and clears `_ping_t`.
+`_keepalive` and `_last_bytes_received` (a `time_func()` reading, set under `_msgtime_mutex`) and
+clears `_ping_t`; `read_publishes` runs only while `_in_packet["command"]` is 0 (no packet begun).
 The paho pin in pyproject.toml points here, and `tests/test_paho_fastpath.py` fails when any of
 them changes shape, before a silent misbehaviour could.
 """

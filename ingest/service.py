@@ -20,8 +20,8 @@ restart would otherwise spend a device's budget on thousands of redeliveries. A 
 budget is throttled for `THROTTLE_HOLD_S`: meanwhile the network thread quarantines its messages on
 sight, without validating them, so a flood costs little more than reading it. Of a device's excess,
 quarantine keeps `quarantine_rate_limited_kept_per_min` payloads a minute and counts the rest.
-Quarantined messages replayed by `pulsewire quarantine replay` arrive on `pw/v1/replay/...` (only the service
-login may publish there), are validated like any other and are not charged again.
+Quarantined messages replayed by `pulsewire quarantine replay` arrive on `pw/v1/replay/...` (only
+the service login may publish there), are validated like any other and are not charged again.
 While PostgreSQL is away the same batch is retried with capped backoff. The writer spends most of
 its time in PostgreSQL with the GIL released, so validation and commit overlap.
 """
@@ -231,7 +231,7 @@ class IngestService:
         with self._batch_lock:
             batch = self._batch
             batch.urgent = batch.urgent or not throttled
-            if replayed or raw[5]:
+            if replayed or raw[5]:  # raw[5]: the broker sends this message again
                 batch.uncharged.add(len(batch.raws))
             batch.raws.append(raw)
             batch.items.append(item)

@@ -34,7 +34,9 @@ def test_the_private_paho_members_keep_their_shape() -> None:
     assert _parameters("_handle_publish") == ["self"]
     assert _parameters("_packet_queue")[:5] == ["self", "command", "packet", "mid", "qos"]
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    assert {"command", "packet"} <= set(client._in_packet)
+    assert {"command", "packet"} <= set(client._in_packet) and client._in_packet["command"] == 0
+    with client._msgtime_mutex:  # a lock, which read_publishes takes to set _last_bytes_received
+        pass
     assert client._sock is None
     # The keepalive override: paho's clock, the last byte's time on it, the outstanding PINGREQ's.
     assert client._ping_t == 0 and client._keepalive == 60
