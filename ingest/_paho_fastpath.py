@@ -100,6 +100,8 @@ class FastClient(mqtt.Client):
             stop = at + length
             if stop > end or length < 2:
                 break
+            # The layout `_handle_publish` reads, repeated inline: a shared helper called per message
+            # made this loop 0.3 µs a message slower (0.55 -> 0.85 µs, 20,000 publishes).
             end_topic = at + 2 + (buf[at] << 8 | buf[at + 1])
             if stop < end_topic + 3 or buf[end_topic + 2] != 0:
                 break  # properties, or a packet too short for its topic: paho's path

@@ -204,11 +204,16 @@ def scraped_statuses(port: int) -> Committed:
             if isinstance(exc.reason, ConnectionRefusedError):
                 return 0.0
             raise
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "pulsewire_ingest_messages_total" and sample.labels.get("kind") == "status"
-        )
+        return sample_value(text, "pulsewire_ingest_messages_total", kind="status")
 
     return read
+
+
+def sample_value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` with `labels` in a Prometheus exposition `text`."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
